@@ -1,0 +1,22 @@
+"""peftlab: parameter-efficient fine-tuning methods on any PyTorch model, behind one reference architecture.
+
+    model = peftlab.adapt(base, peftlab.LoRA(r=8, alpha=16, targets=["query", "value"]))
+    model.save("out/adapter"); model = peftlab.load(base, "out/adapter")
+"""
+
+from peftlab.core.config import MethodConfig
+from peftlab.core.model import AdaptedModel, adapt, load
+from peftlab.core.typology import AttachKind, MethodCard
+from peftlab.errors import AdapterLoadError, AdapterStateError, ConfigError, PeftlabError, TargetError
+from peftlab.methods import BitFit, DoRA, FullFineTuning, LoRA
+
+# After the methods package: `peftlab.methods` is the function that lists them, not the subpackage.
+from peftlab.core.registry import config_for, get_method, methods, register  # noqa: E402
+
+__version__ = "0.1.0"
+
+__all__ = [
+    "AdaptedModel", "AdapterLoadError", "AdapterStateError", "AttachKind", "BitFit", "ConfigError", "DoRA",
+    "FullFineTuning", "LoRA", "MethodCard", "MethodConfig", "PeftlabError", "TargetError", "adapt", "config_for",
+    "get_method", "load", "methods", "register",
+]

@@ -1,0 +1,1 @@
+"""The reference architecture: typology, configs, registry, targeting, attaching and the adapted model."""

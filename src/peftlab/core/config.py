@@ -1,0 +1,182 @@
+"""The base of every method config: a frozen, validated dataclass that round-trips through JSON exactly.
+
+A method file subclasses `MethodConfig`, adds its hyperparameters, sets `card`, and implements `build_site`
+(and, for methods that act on the model's inputs, `build_model_adapter`). The core does everything else.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import re
+from collections.abc import Mapping, Sequence
+from typing import Any, ClassVar
+
+from torch import nn
+
+from peftlab.core.typology import MethodCard
+from peftlab.errors import ConfigError
+
+TargetSpec = str | tuple[str, ...] | None
+
+
+def check(condition: bool, field: str, message: str) -> None:
+    """Raise ConfigError naming `field` when `condition` is false."""
+    if not condition:
+        raise ConfigError(f"{field}: {message}")
+
+
+def check_range(value: float, field: str, low: float, high: float, *, low_open: bool = False,
+                high_open: bool = False) -> None:
+    """Check low <= value <= high (open ends where asked), naming the field and the valid range."""
+    ok_low = value > low if low_open else value >= low
+    ok_high = value < high if high_open else value <= high
+    if not (ok_low and ok_high):
+        left, right = "(" if low_open else "[", ")" if high_open else "]"
+        raise ConfigError(f"{field}={value!r} is out of range; valid range is {left}{low}, {high}{right}")
+
+
+def _as_tuple(value: Any, field: str, item_type: type | tuple[type, ...] = str) -> tuple | None:
+    if value is None:
+        return None
+    if isinstance(value, (str, bytes)) or not isinstance(value, Sequence):
+        raise ConfigError(f"{field} must be a list of {getattr(item_type, '__name__', item_type)}, got {value!r}")
+    items = tuple(value)
+    for item in items:
+        if not isinstance(item, item_type) or isinstance(item, bool):
+            raise ConfigError(f"{field} contains {item!r}; expected {getattr(item_type, '__name__', item_type)}")
+    return items
+
+
+def normalise_targets(value: Any, field: str) -> TargetSpec:
+    """A target spec is None, a regex string (full match) or a tuple of names/suffixes."""
+    if value is None or isinstance(value, str):
+        if isinstance(value, str):
+            _check_regex(value, field)
+        return value
+    return _as_tuple(value, field)
+
+
+def _check_regex(pattern: str, field: str) -> None:
+    try:
+        re.compile(pattern)
+    except re.error as err:
+        raise ConfigError(f"{field}={pattern!r} is not a valid regular expression: {err}") from None
+
+
+@dataclasses.dataclass(frozen=True, kw_only=True)
+class MethodConfig:
+    """Fields shared by every method: where it attaches.
+
+    targets: None (the method's default), "all-linear", a regex string (full match on the module name), or a list of
+        exact module names or name suffixes (Hugging Face PEFT semantics: "query" matches "...attention.self.query").
+    target_types: module class names to select (e.g. ("Conv2d",)); with `targets` too, both must match.
+    layers: only modules inside these layer indices (the N in "...layer.N..." / "...layers.N..." / "...h.N...").
+    exclude: a regex string (full match) or a list of names/suffixes never to adapt.
+    modules_to_save: modules trained in full and saved with the adapter (e.g. a new classification head). None means
+        automatic: a sequence/token classification model's head ("classifier", "score") is included.
+    """
+
+    card: ClassVar[MethodCard]
+    default_targets: ClassVar[TargetSpec] = None
+
+    targets: TargetSpec = None
+    target_types: tuple[str, ...] = ()
+    layers: tuple[int, ...] | None = None
+    exclude: TargetSpec = None
+    modules_to_save: tuple[str, ...] | None = None
+
+    def __post_init__(self) -> None:
+        self._set("targets", normalise_targets(self.targets, "targets"))
+        self._set("target_types", _as_tuple(self.target_types, "target_types") or ())
+        self._set("layers", _as_tuple(self.layers, "layers", int))
+        self._set("exclude", normalise_targets(self.exclude, "exclude"))
+        self._set("modules_to_save", _as_tuple(self.modules_to_save, "modules_to_save"))
+        if self.layers is not None:
+            for index in self.layers:
+                check(index >= 0, "layers", f"layer indices must be >= 0, got {index}")
+        self.validate()
+
+    def _set(self, name: str, value: Any) -> None:
+        object.__setattr__(self, name, value)
+
+    def validate(self) -> None:
+        """Method-specific checks; raise ConfigError (use `check` / `check_range`). Called on construction."""
+
+    # --- what a method implements -------------------------------------------------------------------------------
+    def supports(self, module: nn.Module) -> bool:
+        """Whether this method can adapt `module` (a candidate site)."""
+        raise NotImplementedError(f"{type(self).__name__} must implement supports()")
+
+    def build_site(self, module: nn.Module, path: str, shared: nn.Module | None) -> nn.Module:
+        """The per-site adapter for `module` at `path` (see core.layer.SiteAdapter). `shared` is the model adapter."""
+        raise NotImplementedError(f"{type(self).__name__} must implement build_site()")
+
+    def build_model_adapter(self, model: nn.Module) -> nn.Module | None:
+        """An optional model-level adapter (see core.layer.ModelAdapter): input-side methods put their tensors here."""
+        return None
+
+    def select_sites(self, model: nn.Module) -> dict[str, nn.Module]:
+        """The modules this method adapts, by path. The default is the core's target selection over `targets`."""
+        from peftlab.core.targets import select_modules
+
+        return select_modules(model, self)
+
+    # --- serialisation ------------------------------------------------------------------------------------------
+    @property
+    def method(self) -> str:
+        return self.card.id
+
+    def to_dict(self) -> dict[str, Any]:
+        """Plain JSON-able dict, with the method id under "method"."""
+        out: dict[str, Any] = {"method": self.method}
+        for field in dataclasses.fields(self):
+            out[field.name] = _jsonable(getattr(self, field.name))
+        return out
+
+    @classmethod
+    def from_dict(cls, data: Mapping[str, Any]) -> "MethodConfig":
+        """Inverse of `to_dict`. Called on the base class, dispatches on data["method"] through the registry."""
+        from peftlab.core.registry import get_method
+
+        data = dict(data)
+        method_id = data.pop("method", None)
+        target = get_method(method_id) if method_id is not None else cls
+        if cls is not MethodConfig and target is not cls and not issubclass(target, cls):
+            raise ConfigError(f"config is for method {method_id!r}, not {cls.card.id!r}")
+        names = {f.name for f in dataclasses.fields(target)}
+        unknown = sorted(set(data) - names)
+        if unknown:
+            raise ConfigError(f"unknown field(s) {unknown} for method {target.card.id!r}; valid: {sorted(names)}")
+        return target(**data)
+
+    # --- adapter_config.json ------------------------------------------------------------------------------------
+    # Methods Hugging Face PEFT also has override these two to write and read its fields; others use this layout:
+    # Hugging Face PEFT's file layout with our own method name as "peft_type".
+    @classmethod
+    def file_type(cls) -> str:
+        """The "peft_type" written to adapter_config.json."""
+        return cls.card.id.upper()
+
+    def to_file_config(self, sites: list[str], saved: list[str]) -> dict[str, Any]:
+        """adapter_config.json contents, given the adapted module paths and the modules trained in full."""
+        data = self.to_dict()
+        data.pop("method")
+        return {"peft_type": self.file_type(), **data, "modules_to_save": saved or None}
+
+    @classmethod
+    def from_file_config(cls, data: Mapping[str, Any]) -> "MethodConfig":
+        """Inverse of `to_file_config`."""
+        data = {k: v for k, v in data.items() if k not in ("peft_type", "peftlab_version", "base_model_name_or_path")}
+        return cls.from_dict({"method": cls.card.id, **data})
+
+    def replace(self, **changes: Any) -> "MethodConfig":
+        """A copy with some fields changed (validated again)."""
+        return dataclasses.replace(self, **changes)
+
+
+def _jsonable(value: Any) -> Any:
+    if isinstance(value, tuple):
+        return [_jsonable(v) for v in value]
+    if isinstance(value, Mapping):
+        return {str(k): _jsonable(v) for k, v in value.items()}
+    return value

@@ -1,0 +1,334 @@
+"""The adapted model: a base model with named adapters, an active set, enable/disable and merge/unmerge."""
+
+from __future__ import annotations
+
+import contextlib
+import functools
+from collections.abc import Iterator, Sequence
+from pathlib import Path
+from typing import Any
+
+import torch
+from torch import nn
+
+from peftlab.core import attach
+from peftlab.core.config import MethodConfig
+from peftlab.core.copy_site import CopySite
+from peftlab.core.layer import AdaptedLayer, MergeableSite
+from peftlab.core.targets import modules_to_save_for
+from peftlab.errors import AdapterStateError, TargetError
+
+
+def check_adapter_name(name: str) -> str:
+    if not isinstance(name, str) or not name.isidentifier():
+        raise AdapterStateError(f"adapter name {name!r} is not a plain identifier (letters, digits, underscores, "
+                                "not starting with a digit); choose e.g. 'default' or 'task_a'")
+    return name
+
+
+class AdaptedModel(nn.Module):
+    """A frozen base model with one or more named adapters. Create it with `peftlab.adapt` or `peftlab.load`.
+
+    Attribute access falls through to the base model (`model.config`, `model.generate(...)`), and calling it calls
+    the base model, so it drops into any training loop, transformers' Trainer included.
+    """
+
+    def __init__(self, base_model: nn.Module) -> None:
+        super().__init__()
+        self.base_model = base_model
+        self.model_adapters = nn.ModuleDict()
+        self.configs: dict[str, MethodConfig] = {}
+        self._sites: dict[str, dict[str, str]] = {}  # adapter name -> {module path: "method" | "saved"}
+        self._active: tuple[str, ...] = ()
+        self._enabled = True
+        self._hook: Any = None
+        for param in base_model.parameters():
+            param.requires_grad_(False)
+
+    # --- calling ------------------------------------------------------------------------------------------------
+    def forward(self, *args: Any, **kwargs: Any) -> Any:
+        return self.base_model(*args, **kwargs)
+
+    def __getattr__(self, name: str) -> Any:
+        try:
+            return super().__getattr__(name)
+        except AttributeError:
+            return getattr(self._modules["base_model"], name)
+
+    def _prepare_inputs(self, module: nn.Module, args: tuple, kwargs: dict) -> tuple[tuple, dict] | None:
+        if not self._enabled:
+            return None
+        for name in self._active:
+            if name in self.model_adapters:
+                args, kwargs = self.model_adapters[name].prepare(args, kwargs)
+        return args, kwargs
+
+    # --- adapters -----------------------------------------------------------------------------------------------
+    @property
+    def adapters(self) -> list[str]:
+        return list(self.configs)
+
+    @property
+    def active_adapters(self) -> tuple[str, ...]:
+        return self._active
+
+    @property
+    def active_adapter(self) -> str | None:
+        return self._active[0] if self._active else None
+
+    def add_adapter(self, adapter_name: str, config: MethodConfig) -> None:
+        """Attach a new adapter. The first adapter becomes active; later ones wait for `set_adapter`."""
+        check_adapter_name(adapter_name)
+        if adapter_name in self.configs:
+            raise AdapterStateError(f"an adapter named {adapter_name!r} exists already; delete_adapter() it first "
+                                    "or pick another name")
+        if not isinstance(config, MethodConfig):
+            raise TypeError(f"config must be a method config such as peftlab.LoRA(...), got {type(config).__name__}")
+        base = self.base_model
+        sites = config.select_sites(base)
+        saved = self._resolve_saved(config)
+        shared = config.build_model_adapter(base)
+        placed: dict[str, str] = {}
+        if shared is not None:
+            self.model_adapters[adapter_name] = shared
+            self._ensure_hook()
+        for path, module in sites.items():
+            layer = attach.wrap(base, path)
+            layer.adapters[adapter_name] = attach.place_like(config.build_site(layer.base_layer, path, shared),
+                                                             layer.base_layer)
+            placed[path] = "method"
+        for path in saved:
+            layer = attach.wrap(base, path)
+            layer.adapters[adapter_name] = CopySite(layer.base_layer)
+            placed[path] = "saved"
+        self.configs[adapter_name] = config
+        self._sites[adapter_name] = placed
+        self.set_adapter(self._active + (adapter_name,) if not self._active else self._active)
+
+    def _resolve_saved(self, config: MethodConfig) -> list[str]:
+        wanted = modules_to_save_for(self.base_model, config)
+        names = {n for n, _ in self.base_model.named_modules() if n}
+        paths: list[str] = []
+        for key in wanted:
+            hits = [n for n in names if (n == key or n.endswith("." + key)) and ".base_layer" not in n
+                    and ".adapters." not in n]
+            if not hits and config.modules_to_save is not None:
+                raise TargetError(f"modules_to_save entry {key!r} matches no module of the model")
+            paths += [h for h in hits if not any(h.startswith(p + ".") for p in hits)]
+        return sorted(set(paths))
+
+    def set_adapter(self, adapter_name: str | Sequence[str]) -> None:
+        """Make one adapter (or several, applied together) active and trainable; the others are frozen."""
+        names = (adapter_name,) if isinstance(adapter_name, str) else tuple(adapter_name)
+        for name in names:
+            self._require(name)
+        self._active = names
+        self._refresh()
+
+    def _refresh(self) -> None:
+        live = self._active if self._enabled else ()
+        for layer in attach.adapted_layers(self.base_model).values():
+            layer.set_active(live)
+        for name in self.configs:
+            for param in self._adapter_parameters(name):
+                param.requires_grad_(name in self._active)
+
+    def _require(self, name: str) -> None:
+        if name not in self.configs:
+            raise AdapterStateError(f"no adapter named {name!r}; this model has {self.adapters or 'no adapters'}")
+
+    def _adapter_parameters(self, name: str) -> Iterator[nn.Parameter]:
+        for path in self._sites[name]:
+            layer = self.base_model.get_submodule(path)
+            yield from layer.adapters[name].parameters()
+        if name in self.model_adapters:
+            yield from self.model_adapters[name].parameters()
+
+    def site_adapters(self, name: str) -> dict[str, tuple[nn.Module, nn.Module]]:
+        """{module path: (site adapter, base module)} for one adapter."""
+        self._require(name)
+        out = {}
+        for path in self._sites[name]:
+            layer: AdaptedLayer = self.base_model.get_submodule(path)
+            out[path] = (layer.adapters[name], layer.base_layer)
+        return out
+
+    def site_kinds(self, name: str) -> dict[str, str]:
+        self._require(name)
+        return dict(self._sites[name])
+
+    def delete_adapter(self, adapter_name: str) -> None:
+        self._require(adapter_name)
+        for path in self._sites.pop(adapter_name):
+            layer: AdaptedLayer = self.base_model.get_submodule(path)
+            if adapter_name in layer.merged:
+                raise AdapterStateError(f"adapter {adapter_name!r} is merged; call unmerge() before deleting it")
+            del layer.adapters[adapter_name]
+            if not len(layer.adapters):
+                attach.unwrap(self.base_model, path)
+        if adapter_name in self.model_adapters:
+            del self.model_adapters[adapter_name]
+        del self.configs[adapter_name]
+        remaining = tuple(n for n in self._active if n != adapter_name)
+        self._active = remaining or ((self.adapters[0],) if self.adapters else ())
+        self._refresh()
+
+    @contextlib.contextmanager
+    def disable_adapters(self) -> Iterator[None]:
+        """Within this block the model behaves exactly as the base model."""
+        if self.merged_adapters:
+            raise AdapterStateError(f"adapters {self.merged_adapters} are merged into the base weights, so the base "
+                                    "behaviour is not available; call unmerge() first")
+        previous, self._enabled = self._enabled, False
+        self._refresh()
+        try:
+            yield
+        finally:
+            self._enabled = previous
+            self._refresh()
+
+    # --- merging ------------------------------------------------------------------------------------------------
+    @property
+    def merged_adapters(self) -> list[str]:
+        merged: list[str] = []
+        for layer in attach.adapted_layers(self.base_model).values():
+            merged += [n for n in layer.merged if n not in merged]
+        return merged
+
+    def _check_mergeable(self, names: Sequence[str]) -> None:
+        for name in names:
+            self._require(name)
+            method = self.configs[name].card
+            if name in self.model_adapters or not method.mergeable:
+                raise AdapterStateError(f"adapter {name!r} uses {method.name}, which is not mergeable ({method.kind.value}"
+                                        "); it must stay attached. Use the AdaptedModel as is, or unload() to drop it")
+            for path, (site, _) in self.site_adapters(name).items():
+                if not isinstance(site, MergeableSite):
+                    raise AdapterStateError(f"adapter {name!r} at {path!r} cannot be merged")
+
+    def merge_adapter(self, adapter_names: Sequence[str] | None = None) -> None:
+        """Fold adapters (default: the active ones) into the base weights, in place; `unmerge()` undoes it."""
+        names = tuple(adapter_names) if adapter_names is not None else self._active
+        self._check_mergeable(names)
+        for name in names:
+            for path in self._sites[name]:
+                self.base_model.get_submodule(path).merge(name)
+        self._refresh()
+
+    def unmerge(self) -> None:
+        """Restore the base weights from every merged adapter."""
+        for layer in attach.adapted_layers(self.base_model).values():
+            layer.unmerge()
+        self._refresh()
+
+    def merge_and_unload(self, adapter_names: Sequence[str] | None = None) -> nn.Module:
+        """Fold the active adapters into the weights and return the plain base model (its own module types)."""
+        self.merge_adapter(adapter_names)
+        return self.unload()
+
+    def unload(self) -> nn.Module:
+        """Remove every adapter (merged ones stay folded in) and return the base model."""
+        for path in attach.adapted_layers(self.base_model):
+            attach.unwrap(self.base_model, path)
+        if self._hook is not None:
+            self._hook.remove()
+            self._hook = None
+        self.configs.clear()
+        self._sites.clear()
+        self._active = ()
+        return self.base_model
+
+    def _ensure_hook(self) -> None:
+        if self._hook is None:
+            self._hook = self.base_model.register_forward_pre_hook(self._prepare_inputs, with_kwargs=True)
+
+    # --- counting -----------------------------------------------------------------------------------------------
+    def trainable_parameters(self) -> int:
+        return sum(p.numel() for p in self.parameters() if p.requires_grad)
+
+    def total_parameters(self) -> int:
+        return sum(p.numel() for p in self.parameters())
+
+    def base_parameters(self) -> int:
+        """Parameters of the base model alone (no adapter tensors)."""
+        adapter_ids = {id(p) for name in self.configs for p in self._adapter_parameters(name)}
+        return sum(p.numel() for p in self.parameters() if id(p) not in adapter_ids)
+
+    def summary(self) -> str:
+        """Method, sites adapted, trainable / total parameters and percentage, per adapter."""
+        lines = []
+        for name, config in self.configs.items():
+            kinds = self._sites[name]
+            n_method = sum(1 for k in kinds.values() if k == "method")
+            saved = [p for p, k in kinds.items() if k == "saved"]
+            count = sum(p.numel() for p in self._adapter_parameters(name))
+            state = "active" if name in self._active else "inactive"
+            extra = f", trained in full: {', '.join(saved)}" if saved else ""
+            level = ", model-level inputs" if name in self.model_adapters else ""
+            lines.append(f"adapter {name!r} ({state}): {config.card.name} at {n_method} site(s){level}{extra}; "
+                         f"{count:,} parameters")
+        trainable, total = self.trainable_parameters(), self.total_parameters()
+        lines.append(f"trainable: {trainable:,} / total: {total:,} ({100.0 * trainable / max(total, 1):.4f}%)")
+        return "\n".join(lines)
+
+    # --- files --------------------------------------------------------------------------------------------------
+    def save(self, path: str | Path, adapter_names: Sequence[str] | None = None) -> None:
+        """Write each adapter as adapter_config.json + adapter_model.safetensors (Hugging Face PEFT layout).
+
+        The adapter named "default" goes to `path` itself, others to `path/<name>/`, as Hugging Face PEFT does.
+        """
+        from peftlab.io.adapter_files import save_adapter
+
+        for name in adapter_names if adapter_names is not None else self.adapters:
+            self._require(name)
+            save_adapter(self, name, Path(path) if name == "default" else Path(path) / name)
+
+    def save_pretrained(self, save_directory: str | Path, **_: Any) -> None:
+        """Alias of `save` for code written against Hugging Face PEFT."""
+        self.save(save_directory)
+
+    def load_adapter(self, path: str | Path, adapter_name: str = "default") -> None:
+        """Read an adapter folder (ours or Hugging Face PEFT's) and add it under `adapter_name`."""
+        from peftlab.io.adapter_files import load_adapter_into
+
+        load_adapter_into(self, Path(path), adapter_name)
+
+    def get_base_model(self) -> nn.Module:
+        return self.base_model
+
+
+@functools.lru_cache(maxsize=None)
+def adapted_class(base_cls: type) -> type[AdaptedModel]:
+    """An AdaptedModel subclass whose forward carries the base class's signature.
+
+    transformers' Trainer inspects `type(model).forward` to find label names and to keep dataset columns; with the
+    base signature it treats the adapted model exactly like the base model.
+    """
+    if base_cls.forward is nn.Module.forward:
+        return AdaptedModel
+
+    @functools.wraps(base_cls.forward)
+    def forward(self: AdaptedModel, *args: Any, **kwargs: Any) -> Any:
+        return self.base_model(*args, **kwargs)
+
+    return type(f"Adapted{base_cls.__name__}", (AdaptedModel,), {"forward": forward, "__module__": __name__})
+
+
+def adapt(model: nn.Module, config: MethodConfig, adapter_name: str = "default") -> AdaptedModel:
+    """Freeze `model` and attach one adapter described by `config`; returns the AdaptedModel."""
+    if isinstance(model, AdaptedModel):
+        model.add_adapter(adapter_name, config)
+        return model
+    adapted = adapted_class(type(model))(model)
+    adapted.add_adapter(adapter_name, config)
+    return adapted
+
+
+def load(model: nn.Module, path: str | Path, adapter_name: str = "default") -> AdaptedModel:
+    """Attach the adapter stored at `path` (peftlab or Hugging Face PEFT files) to `model`."""
+    adapted = model if isinstance(model, AdaptedModel) else adapted_class(type(model))(model)
+    adapted.load_adapter(path, adapter_name)
+    return adapted
+
+
+__all__ = ["AdaptedModel", "adapt", "load"]

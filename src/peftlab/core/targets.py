@@ -1,0 +1,158 @@
+"""Target selection: which modules of a model a method adapts.
+
+Semantics follow Hugging Face PEFT where it has them: a list matches exact names or name suffixes (at a dot
+boundary), a string is a regex that must match the whole module name, "all-linear" is every Linear-like layer except
+the output head. On top: module types, layer indices and exclusions. A spec that matches nothing, or names a module
+the method cannot adapt, raises TargetError listing the module names that come closest.
+"""
+
+from __future__ import annotations
+
+import difflib
+import re
+from collections.abc import Iterator
+from typing import TYPE_CHECKING
+
+from torch import nn
+
+from peftlab.errors import TargetError
+
+if TYPE_CHECKING:
+    from peftlab.core.config import MethodConfig, TargetSpec
+
+ALL_LINEAR = "all-linear"
+# Module names (last component, or first for a head block) of output heads: never picked by "all-linear" or by default.
+HEAD_NAMES = ("lm_head", "classifier", "score", "qa_outputs", "cls", "head")
+AUTO_SAVED_HEADS = ("classifier", "score")
+_LAYER_INDEX = re.compile(r"(?:^|\.)(?:layers|layer|h|blocks|block|encoder_layers|stages)\.(\d+)(?:\.|$)")
+
+
+def linear_types() -> tuple[type, ...]:
+    """nn.Linear plus transformers' GPT-2 style Conv1D when transformers is installed."""
+    try:
+        from transformers.pytorch_utils import Conv1D
+    except ImportError:  # transformers is optional for plain PyTorch models
+        return (nn.Linear,)
+    return (nn.Linear, Conv1D)
+
+
+def layer_index(name: str) -> int | None:
+    """The transformer layer index in a module name ("encoder.layer.3.attention" -> 3), or None."""
+    found = _LAYER_INDEX.findall(name)
+    return int(found[-1]) if found else None
+
+
+def name_matches(name: str, spec: "TargetSpec") -> bool:
+    """Whether a module name matches a target spec (regex string: full match; list: exact name or suffix)."""
+    if spec is None:
+        return False
+    if isinstance(spec, str):
+        return re.fullmatch(spec, name) is not None
+    return any(name == key or name.endswith("." + key) for key in spec)
+
+
+def candidate_modules(model: nn.Module) -> Iterator[tuple[str, nn.Module]]:
+    """Every named module a method may adapt: the model's own modules, seen through any peftlab wrapper."""
+    from peftlab.core.layer import AdaptedLayer
+
+    skip: list[str] = []
+    for name, module in model.named_modules():
+        if not name or any(name.startswith(prefix) for prefix in skip):
+            continue
+        if isinstance(module, AdaptedLayer):
+            skip.append(name + ".")
+            yield name, module.base_layer
+        else:
+            yield name, module
+
+
+def is_head(model: nn.Module, name: str, module: nn.Module) -> bool:
+    """Whether a module is (part of) the model's output head."""
+    get_out = getattr(model, "get_output_embeddings", None)
+    if callable(get_out):
+        try:
+            out = get_out()
+        except (NotImplementedError, AttributeError):
+            out = None
+        if out is not None and (out is module or getattr(out, "base_layer", None) is module):
+            return True
+    first, last = name.split(".")[0], name.split(".")[-1]
+    return first in HEAD_NAMES or last in HEAD_NAMES
+
+
+def auto_modules_to_save(model: nn.Module) -> tuple[str, ...]:
+    """The head a classification model adds on top of a pretrained body, trained and saved with every adapter."""
+    cls_name = type(model).__name__
+    if not any(cls_name.endswith(s) for s in ("ForSequenceClassification", "ForTokenClassification",
+                                             "ForImageClassification", "ForAudioClassification",
+                                             "ForQuestionAnswering", "ForMultipleChoice")):
+        return ()
+    children = dict(model.named_children())
+    return tuple(name for name in AUTO_SAVED_HEADS + ("qa_outputs",) if name in children)
+
+
+def modules_to_save_for(model: nn.Module, config: "MethodConfig") -> tuple[str, ...]:
+    return config.modules_to_save if config.modules_to_save is not None else auto_modules_to_save(model)
+
+
+def select_modules(model: nn.Module, config: "MethodConfig") -> dict[str, nn.Module]:
+    """The modules `config` adapts in `model`, by name. Raises TargetError when the spec does not fit the model."""
+    targets = config.targets if config.targets is not None else config.default_targets
+    saved = modules_to_save_for(model, config)
+    named = [(n, m) for n, m in candidate_modules(model) if not name_matches(n, saved) and
+             not any(n.startswith(s + ".") for s in saved)]
+    selected: dict[str, nn.Module] = {}
+    for name, module in named:
+        if targets == ALL_LINEAR:
+            hit = isinstance(module, linear_types()) and not is_head(model, name, module)
+        elif targets is not None:
+            hit = name_matches(name, targets)
+        else:  # no targets and no default: every module the method supports, except the output head
+            hit = not is_head(model, name, module)
+        if hit and config.target_types:
+            hit = type(module).__name__ in config.target_types
+        if not hit:
+            continue
+        if config.layers is not None and layer_index(name) not in config.layers:
+            continue
+        if config.exclude is not None and name_matches(name, config.exclude):
+            continue
+        selected[name] = module
+    by_type = targets == ALL_LINEAR or targets is None
+    unsupported = {n: m for n, m in selected.items() if not config.supports(m)}
+    if unsupported and not by_type:
+        name, module = next(iter(unsupported.items()))
+        raise TargetError(
+            f"{config.card.id} cannot adapt {name!r} ({type(module).__name__}); "
+            f"{len(unsupported)} matched module(s) are of a type it does not support. "
+            f"Name the layers inside it instead, e.g. {_supported_names(named, config, name)}")
+    selected = {n: m for n, m in selected.items() if n not in unsupported}
+    if not selected:
+        raise TargetError(_nothing_matched(config, targets, named))
+    return selected
+
+
+def _supported_names(named: list[tuple[str, nn.Module]], config: "MethodConfig", prefix: str) -> list[str]:
+    inside = [n for n, m in named if n.startswith(prefix + ".") and config.supports(m)]
+    return inside[:5] or [n for n, m in named if config.supports(m)][:5]
+
+
+def _nothing_matched(config: "MethodConfig", targets: "TargetSpec", named: list[tuple[str, nn.Module]]) -> str:
+    names = [n for n, _ in named]
+    suffixes = sorted({n.split(".")[-1] for n in names})
+    wanted = [targets] if isinstance(targets, str) else list(targets or [])
+    close: list[str] = []
+    for key in wanted:
+        close += difflib.get_close_matches(key, suffixes, n=3, cutoff=0.5)
+        close += difflib.get_close_matches(key, names, n=2, cutoff=0.5)
+    close = list(dict.fromkeys(close))[:6] or [n for n, m in named if config.supports(m)][:6]
+    filters = []
+    if config.target_types:
+        filters.append(f"target_types={list(config.target_types)}")
+    if config.layers is not None:
+        filters.append(f"layers={list(config.layers)}")
+    if config.exclude is not None:
+        filters.append(f"exclude={config.exclude!r}")
+    extra = f" with {', '.join(filters)}" if filters else ""
+    return (f"{config.card.id}: targets={targets!r}{extra} matched no module it can adapt. "
+            f"Closest module names in this model: {', '.join(close)}")

@@ -1,0 +1,23 @@
+"""peftlab's exception types. Every error a user can trigger is one of these, raised early with a fix."""
+
+from __future__ import annotations
+
+
+class PeftlabError(Exception):
+    """Base class of every error peftlab raises on purpose."""
+
+
+class ConfigError(PeftlabError, ValueError):
+    """A method config was constructed with an invalid value (raised at construction time)."""
+
+
+class TargetError(PeftlabError):
+    """A target specification matched nothing, or matched a module the method cannot adapt."""
+
+
+class AdapterLoadError(PeftlabError):
+    """An adapter file does not fit the base model, or is not a format peftlab reads."""
+
+
+class AdapterStateError(PeftlabError):
+    """An operation does not fit the current adapter state (unknown name, merged adapter, ...)."""

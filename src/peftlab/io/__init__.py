@@ -1,0 +1,1 @@
+"""Reading and writing adapter files (Hugging Face PEFT layout, safetensors + JSON only)."""

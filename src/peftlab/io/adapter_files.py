@@ -1,0 +1,161 @@
+"""Adapter folders in Hugging Face PEFT's layout: adapter_config.json + adapter_model.safetensors.
+
+Tensor keys are "base_model.model.<module path>.<site key>" for tensors living at a module (lora_A.weight,
+lora_magnitude_vector, a saved head's weight, ...) and bare names for model-level tensors (prompt_embeddings).
+Only JSON and safetensors are ever read. Our full config travels in the safetensors metadata ("peftlab_config"), so
+options Hugging Face PEFT lacks survive a round trip without adding unknown keys to adapter_config.json.
+"""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+import torch
+from safetensors import safe_open
+from safetensors.torch import save_file
+
+import peftlab
+from peftlab.core.config import MethodConfig
+from peftlab.core.layer import export_state, import_state
+from peftlab.core.registry import method_for_file_type
+from peftlab.errors import AdapterLoadError, ConfigError, PeftlabError
+from peftlab.io.atomic import atomic_path, write_text_atomic
+
+if TYPE_CHECKING:
+    from peftlab.core.model import AdaptedModel
+
+CONFIG_NAME = "adapter_config.json"
+WEIGHTS_NAME = "adapter_model.safetensors"
+PREFIX = "base_model.model."
+
+
+def adapter_tensors(model: "AdaptedModel", name: str) -> dict[str, torch.Tensor]:
+    """Every tensor of one adapter under its file key."""
+    tensors: dict[str, torch.Tensor] = {}
+    for path, (site, module) in model.site_adapters(name).items():
+        for key, value in export_state(site, module).items():
+            tensors[f"{PREFIX}{path}.{key}"] = value
+    if name in model.model_adapters:
+        tensors.update(model.model_adapters[name].state_dict())
+    return tensors
+
+
+def save_adapter(model: "AdaptedModel", name: str, folder: Path) -> None:
+    """Write one adapter to `folder` atomically (each file replaced in one rename)."""
+    config = model.configs[name]
+    kinds = model.site_kinds(name)
+    sites = sorted(p for p, k in kinds.items() if k == "method")
+    saved = sorted(p for p, k in kinds.items() if k == "saved")
+    file_config = config.to_file_config(sites, saved)
+    file_config["base_model_name_or_path"] = getattr(getattr(model.base_model, "config", None), "_name_or_path", None)
+    file_config["peftlab_version"] = peftlab.__version__
+    tensors = {k: v.detach().to("cpu").contiguous().clone() for k, v in adapter_tensors(model, name).items()}
+    metadata = {"format": "pt", "peftlab_config": json.dumps(config.to_dict())}
+    folder.mkdir(parents=True, exist_ok=True)
+    with atomic_path(folder / WEIGHTS_NAME) as tmp:
+        save_file(tensors, str(tmp), metadata=metadata)
+    write_text_atomic(folder / CONFIG_NAME, json.dumps(file_config, indent=2, sort_keys=True) + "\n")
+
+
+def read_adapter_config(folder: Path) -> MethodConfig:
+    """The method config stored in an adapter folder (ours or Hugging Face PEFT's)."""
+    config_file, weights_file = folder / CONFIG_NAME, folder / WEIGHTS_NAME
+    if not folder.is_dir():
+        raise AdapterLoadError(f"{folder} is not a folder; pass the folder that holds {CONFIG_NAME}")
+    if not config_file.is_file():
+        raise AdapterLoadError(f"{folder} has no {CONFIG_NAME}; is this an adapter folder?")
+    if not weights_file.is_file():
+        found = ", ".join(p.name for p in folder.iterdir()) or "nothing"
+        raise AdapterLoadError(f"{folder} has no {WEIGHTS_NAME} (found: {found}). peftlab reads only safetensors, "
+                               "never pickled .bin files; re-save the adapter with safe_serialization=True")
+    try:
+        data: dict[str, Any] = json.loads(config_file.read_text(encoding="utf-8"))
+    except json.JSONDecodeError as err:
+        raise AdapterLoadError(f"{config_file} is not valid JSON: {err}") from None
+    try:
+        ours = _metadata(weights_file).get("peftlab_config")
+        if ours is not None:
+            return MethodConfig.from_dict(json.loads(ours))
+        peft_type = data.get("peft_type")
+        config_cls = method_for_file_type(str(peft_type))
+        if config_cls is None:
+            raise AdapterLoadError(f"{config_file}: peft_type {peft_type!r} is not a method peftlab implements "
+                                   f"(peftlab has: {', '.join(peftlab.methods())})")
+        return config_cls.from_file_config(data)
+    except ConfigError as err:
+        raise AdapterLoadError(f"{config_file}: {err}") from None
+
+
+def _metadata(weights_file: Path) -> dict[str, str]:
+    try:
+        with safe_open(str(weights_file), framework="pt") as handle:
+            return handle.metadata() or {}
+    except Exception as err:  # safetensors raises its own error types for corrupt headers
+        raise AdapterLoadError(f"{weights_file} is not a readable safetensors file: {err}") from None
+
+
+def load_adapter_into(model: "AdaptedModel", folder: Path, name: str) -> None:
+    """Add the adapter stored in `folder` to `model` under `name`; on any mismatch nothing is left attached."""
+    config = read_adapter_config(folder)
+    try:
+        model.add_adapter(name, config)
+    except PeftlabError as err:
+        if isinstance(err, AdapterLoadError):
+            raise
+        raise AdapterLoadError(f"the adapter in {folder} does not fit this model: {err}") from None
+    try:
+        _load_tensors(model, name, folder / WEIGHTS_NAME)
+    except BaseException:
+        model.delete_adapter(name)
+        raise
+
+
+def _load_tensors(model: "AdaptedModel", name: str, weights_file: Path) -> None:
+    with safe_open(str(weights_file), framework="pt") as handle:
+        file_keys = list(handle.keys())
+        expected = adapter_tensors(model, name)
+        for key in file_keys:
+            if key not in expected:
+                raise AdapterLoadError(f"{weights_file.name}: tensor {key!r} has no place in this model"
+                                       f"{_closest(key, expected)}; was the adapter made for another base model?")
+        for key, target in expected.items():
+            if key not in file_keys:
+                raise AdapterLoadError(f"{weights_file.name}: tensor {key!r} is missing from the file")
+            shape = tuple(handle.get_slice(key).get_shape())
+            if shape != tuple(target.shape):
+                raise AdapterLoadError(f"{weights_file.name}: tensor {key!r} has shape {shape}, but this model needs "
+                                       f"{tuple(target.shape)}; the adapter was made for a base model of another size")
+        tensors = {k: handle.get_tensor(k) for k in file_keys}
+    by_site: dict[str, dict[str, torch.Tensor]] = {}
+    for key, value in tensors.items():
+        if key.startswith(PREFIX):
+            path = _owner(key, model, name)
+            by_site.setdefault(path, {})[key[len(PREFIX) + len(path) + 1:]] = value
+    for path, (site, module) in model.site_adapters(name).items():
+        import_state(site, _on(by_site.get(path, {}), site), module)
+    if name in model.model_adapters:
+        adapter = model.model_adapters[name]
+        own = {k: v for k, v in tensors.items() if not k.startswith(PREFIX)}
+        adapter.load_state_dict(_on(own, adapter))
+
+
+def _owner(key: str, model: "AdaptedModel", name: str) -> str:
+    """The longest adapted module path that prefixes a file key."""
+    body = key[len(PREFIX):]
+    return max((p for p in model.site_kinds(name) if body.startswith(p + ".")), key=len, default="")
+
+
+def _on(state: dict[str, torch.Tensor], module: torch.nn.Module) -> dict[str, torch.Tensor]:
+    ref = next(module.parameters(), None)
+    if ref is None:
+        return state
+    return {k: v.to(device=ref.device, dtype=ref.dtype if v.is_floating_point() else v.dtype) for k, v in state.items()}
+
+
+def _closest(key: str, expected: dict[str, torch.Tensor]) -> str:
+    import difflib
+
+    close = difflib.get_close_matches(key, list(expected), n=1, cutoff=0.6)
+    return f" (closest expected: {close[0]!r})" if close else ""

@@ -1,0 +1,101 @@
+"""DoRA: W' = m · (W + (α/r) B A) / ‖W + (α/r) B A‖_row   (Liu et al., 2024, "DoRA: Weight-Decomposed Low-Rank Adaptation")
+
+The weight is split into a magnitude vector m (one entry per output feature, initialised to ‖W‖_row) and a direction
+updated by LoRA. As in the paper (§4.3) and Hugging Face PEFT, the norm is treated as a constant in the backward
+pass. The forward never builds W': with s = m / ‖W + ΔW‖ (a vector over outputs),
+    y = base(x) + (s − 1) ⊙ (W x') + s ⊙ (α/r) B A x'      with x' = dropout(x),
+and W x' reuses the base output (minus its bias) when there is no dropout.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from typing import ClassVar
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from peftlab.core.layer import BaseCall
+from peftlab.core.registry import register
+from peftlab.core.targets import linear_types
+from peftlab.core.typology import AttachKind, MethodCard
+from peftlab.core.bias_site import BiasDelta
+from peftlab.methods.lora import LoRA, LoRALinear
+
+
+@register
+@dataclasses.dataclass(frozen=True, kw_only=True)
+class DoRA(LoRA):
+    """DoRA: LoRA's hyperparameters; adds a trainable magnitude per output feature. Linear and Conv1D sites."""
+
+    card: ClassVar[MethodCard] = MethodCard(
+        id="dora", name="DoRA", kind=AttachKind.WEIGHT_DELTA, inserted_at="attention / feed-forward (any linear)",
+        form="low-rank + magnitude vector", integration="rescaled addition", param_formula="r·(d_in + d_out) + d_out",
+        mergeable=True, paper="Liu et al. 2024")
+
+    def supports(self, module: nn.Module) -> bool:
+        return isinstance(module, linear_types())
+
+    def build_site(self, module: nn.Module, path: str, shared: nn.Module | None) -> nn.Module:
+        if not self.supports(module):  # a bias-only site added by bias="all"
+            return BiasDelta(module)
+        r, scaling = self.rank_and_scaling(path)
+        transposed = not isinstance(module, nn.Linear)
+        return DoRALinear(module, r, scaling, self.dropout, self.init, transposed, self.bias != "none")
+
+
+class DoRALinear(LoRALinear):
+    """LoRA site plus `lora_magnitude_vector` (d_out,). Merging keeps the norm factor to unmerge exactly."""
+
+    def __init__(self, module: nn.Module, r: int, scaling: float, dropout: float, init: str, transposed: bool,
+                 train_bias: bool) -> None:
+        super().__init__(module, r, scaling, dropout, init, transposed, train_bias and module.bias is not None)
+        with torch.no_grad():
+            norm = self.weight_norm(module.weight.to(self.lora_A.weight.dtype))
+        self.lora_magnitude_vector = nn.Parameter(norm)
+        self._merge_factor: torch.Tensor | None = None
+
+    def weight_norm(self, weight: torch.Tensor) -> torch.Tensor:
+        """‖W + ΔW‖ per output feature, (d_out,), with ΔW detached."""
+        w = weight.T if self.transposed else weight  # -> (d_out, d_in)
+        delta = (self.lora_B.weight @ self.lora_A.weight).detach() * self.scaling
+        return torch.linalg.norm(w + delta, dim=1)
+
+    def forward(self, x: torch.Tensor, base: BaseCall) -> torch.Tensor:
+        result = base(x)
+        a = self.lora_A.weight
+        module = base.module
+        weight = module.weight.to(a.dtype)
+        scale = self.lora_magnitude_vector / self.weight_norm(weight).detach()  # (d_out,)
+        x = x.to(a.dtype)
+        if isinstance(self.dropout, nn.Identity) or not self.training:
+            plain = result.to(a.dtype)
+            if getattr(module, "bias", None) is not None:
+                plain = plain - module.bias.to(a.dtype)
+        else:
+            x = self.dropout(x)
+            plain = F.linear(x, weight.T if self.transposed else weight)
+        lora = F.linear(F.linear(x, a), self.lora_B.weight) * self.scaling
+        update = (scale - 1) * plain + scale * lora
+        if self.bias_delta is not None:
+            update = update + self.bias_delta
+        return result + update.to(result.dtype)
+
+    def merge(self, module: nn.Module) -> None:
+        weight = module.weight
+        factor = self.lora_magnitude_vector / self.weight_norm(weight.to(self.lora_A.weight.dtype))  # (d_out,)
+        factor = factor.view(1, -1) if self.transposed else factor.view(-1, 1)  # broadcast over d_in
+        self._merge_factor = factor
+        weight.copy_((factor * (weight + self.delta_weight())).to(weight.dtype))
+        if self.bias_delta is not None:
+            module.bias += self.bias_delta.to(module.bias.dtype)
+
+    def unmerge(self, module: nn.Module) -> None:
+        if self._merge_factor is None:
+            return
+        weight = module.weight
+        weight.copy_((weight / self._merge_factor - self.delta_weight()).to(weight.dtype))
+        self._merge_factor = None
+        if self.bias_delta is not None:
+            module.bias -= self.bias_delta.to(module.bias.dtype)

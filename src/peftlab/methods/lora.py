@@ -1,0 +1,320 @@
+"""LoRA: y = W x + b + (α / r) · B A dropout(x)   (Hu et al., 2021, "LoRA: Low-Rank Adaptation of Large Language Models")
+
+A ∈ R^{r×d_in} starts random (Kaiming-uniform), B ∈ R^{d_out×r} starts at zero, so the adapted model starts equal to the
+base model. rsLoRA (Kalajdzievski, 2023) scales by α / √r instead. Merging folds ΔW = (α / r) · B A into W.
+Sites: nn.Linear, nn.Conv1d, nn.Conv2d (A is a conv with the base kernel, B a 1×1 conv), nn.Embedding (A and B act on
+one-hot rows) and transformers' GPT-2 `Conv1D` (weights stored transposed: fan_in_fan_out).
+Per-module ranks and alphas come from `rank_pattern` / `alpha_pattern` (regex keys matched on the module name's end).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import math
+import re
+from collections.abc import Mapping
+from typing import Any, ClassVar
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from peftlab.core.config import MethodConfig, check, check_range
+from peftlab.core.layer import BaseCall
+from peftlab.core.registry import register
+from peftlab.core.targets import linear_types
+from peftlab.core.typology import AttachKind, MethodCard
+from peftlab.core.bias_site import BiasDelta, has_bias
+
+INITS = ("default", "gaussian", "random")
+BIASES = ("none", "lora_only", "all")
+DEFAULT_LORA_TARGETS = ("query", "value", "q_proj", "v_proj", "c_attn", "q_lin", "v_lin", "query_key_value", "Wqkv")
+
+
+def pattern_value(patterns: dict[str, float], path: str, default: float) -> float:
+    """The value of the first pattern whose regex matches the end of `path` (Hugging Face PEFT's rule), else default."""
+    for key, value in patterns.items():
+        if re.match(rf"(.*\.)?({key})$", path):
+            return value
+    return default
+
+
+@register
+@dataclasses.dataclass(frozen=True, kw_only=True)
+class LoRA(MethodConfig):
+    """LoRA hyperparameters.
+
+    r: rank of the update (>= 1). alpha: scale numerator (scaling = alpha / r, or alpha / sqrt(r) with use_rslora).
+    dropout: dropout on the adapter's input, in [0, 1). bias: "none", "lora_only" (train the adapted layers' biases)
+    or "all" (every bias in the model). init: "default" (A Kaiming, B zero), "gaussian" (A ~ N(0, 1/r), B zero) or
+    "random" (B random too; not identity at start, for tests). fan_in_fan_out: kept for Hugging Face PEFT files;
+    the layout is detected from the module type (transformers' Conv1D stores (d_in, d_out)).
+    """
+
+    card: ClassVar[MethodCard] = MethodCard(
+        id="lora", name="LoRA", kind=AttachKind.WEIGHT_DELTA, inserted_at="attention / feed-forward (any linear)",
+        form="low-rank", integration="scaled addition", param_formula="r·(d_in + d_out)", mergeable=True,
+        paper="Hu et al. 2021")
+    default_targets: ClassVar = DEFAULT_LORA_TARGETS
+
+    r: int = 8
+    alpha: float = 8.0
+    dropout: float = 0.0
+    bias: str = "none"
+    use_rslora: bool = False
+    rank_pattern: dict[str, int] = dataclasses.field(default_factory=dict)
+    alpha_pattern: dict[str, float] = dataclasses.field(default_factory=dict)
+    init: str = "default"
+    fan_in_fan_out: bool | None = None
+
+    def validate(self) -> None:
+        check(isinstance(self.r, int) and self.r >= 1, "r", f"must be an integer >= 1, got {self.r!r}")
+        check_range(self.alpha, "alpha", 0.0, math.inf, low_open=True)
+        check_range(self.dropout, "dropout", 0.0, 1.0, high_open=True)
+        check(self.bias in BIASES, "bias", f"must be one of {BIASES}, got {self.bias!r}")
+        check(self.init in INITS, "init", f"must be one of {INITS}, got {self.init!r}")
+        for key, rank in self.rank_pattern.items():
+            check(isinstance(rank, int) and rank >= 1, "rank_pattern", f"{key!r}: rank must be an int >= 1")
+        for key, alpha in self.alpha_pattern.items():
+            check_range(alpha, f"alpha_pattern[{key!r}]", 0.0, math.inf, low_open=True)
+
+    def supports(self, module: nn.Module) -> bool:
+        if isinstance(module, (nn.Conv1d, nn.Conv2d)):
+            return module.groups == 1
+        return isinstance(module, (*linear_types(), nn.Embedding))
+
+    def select_sites(self, model: nn.Module) -> dict[str, nn.Module]:
+        sites = super().select_sites(model)
+        if self.bias == "all":  # bias deltas on every other module with a bias, saved with the adapter
+            from peftlab.core.targets import candidate_modules, is_head
+
+            for path, module in candidate_modules(model):
+                if path not in sites and has_bias(module) and not is_head(model, path, module):
+                    sites[path] = module
+        return sites
+
+    @classmethod
+    def file_type(cls) -> str:
+        return "LORA"
+
+    def to_file_config(self, sites: list[str], saved: list[str]) -> dict:
+        return lora_to_file_config(self, sites, saved)
+
+    @classmethod
+    def from_file_config(cls, data: Mapping[str, Any]) -> "LoRA":
+        return lora_from_file_config(dict(data))
+
+    def rank_and_scaling(self, path: str) -> tuple[int, float]:
+        r = int(pattern_value(self.rank_pattern, path, self.r))
+        alpha = pattern_value(self.alpha_pattern, path, self.alpha)
+        return r, alpha / (math.sqrt(r) if self.use_rslora else r)
+
+    def build_site(self, module: nn.Module, path: str, shared: nn.Module | None) -> nn.Module:
+        if not self.supports(module):  # a bias-only site added by bias="all"
+            return BiasDelta(module)
+        r, scaling = self.rank_and_scaling(path)
+        train_bias = self.bias != "none" and has_bias(module)
+        if isinstance(module, nn.Embedding):
+            return LoRAEmbedding(module, r, scaling, self.init)
+        if isinstance(module, (nn.Conv1d, nn.Conv2d)):
+            return LoRAConv(module, r, scaling, self.dropout, self.init, train_bias)
+        transposed = not isinstance(module, nn.Linear)  # transformers' Conv1D stores (d_in, d_out)
+        return LoRALinear(module, r, scaling, self.dropout, self.init, transposed, train_bias)
+
+
+def linear_shape(module: nn.Module, transposed: bool) -> tuple[int, int]:
+    """(d_in, d_out) of a Linear-like module."""
+    weight = module.weight
+    return (weight.shape[0], weight.shape[1]) if transposed else (weight.shape[1], weight.shape[0])
+
+
+def init_pair(a: torch.Tensor, b: torch.Tensor, init: str, r: int) -> None:
+    """Initialise LoRA's A and B in place."""
+    with torch.no_grad():
+        if init == "gaussian":
+            nn.init.normal_(a, std=1.0 / r)
+        else:
+            nn.init.kaiming_uniform_(a, a=math.sqrt(5))
+        if init == "random":
+            nn.init.kaiming_uniform_(b, a=math.sqrt(5))
+        else:
+            nn.init.zeros_(b)
+
+
+class LoRABiasMixin:
+    """Optional trainable bias delta next to the low-rank update (bias="lora_only"/"all").
+
+    Files store the absolute bias under "base_layer.bias", as Hugging Face PEFT does; we keep the delta so that
+    disabling the adapter restores the base bias exactly.
+    """
+
+    bias_delta: nn.Parameter | None
+
+    def _init_bias(self, module: nn.Module, train_bias: bool) -> None:
+        self.bias_delta = nn.Parameter(torch.zeros_like(module.bias)) if train_bias else None
+
+    def export_state(self, module: nn.Module) -> dict[str, torch.Tensor]:
+        state = {k: v for k, v in self.state_dict().items() if k != "bias_delta"}
+        if self.bias_delta is not None:
+            state["base_layer.bias"] = (module.bias + self.bias_delta).detach()
+        return state
+
+    def import_state(self, state: dict[str, torch.Tensor], module: nn.Module) -> None:
+        state = dict(state)
+        bias = state.pop("base_layer.bias", None)
+        if bias is not None and self.bias_delta is not None:
+            state["bias_delta"] = bias.to(module.bias) - module.bias.detach()
+        self.load_state_dict(state)
+
+
+class LoRALinear(LoRABiasMixin, nn.Module):
+    """LoRA at a Linear (or transposed Conv1D) layer. State: lora_A.weight (r, d_in), lora_B.weight (d_out, r)."""
+
+    def __init__(self, module: nn.Module, r: int, scaling: float, dropout: float, init: str, transposed: bool,
+                 train_bias: bool) -> None:
+        super().__init__()
+        d_in, d_out = linear_shape(module, transposed)
+        self.lora_A = nn.Linear(d_in, r, bias=False)
+        self.lora_B = nn.Linear(r, d_out, bias=False)
+        init_pair(self.lora_A.weight, self.lora_B.weight, init, r)
+        self.dropout = nn.Dropout(dropout) if dropout > 0 else nn.Identity()
+        self.scaling = scaling
+        self.transposed = transposed
+        self._init_bias(module, train_bias)
+
+    def forward(self, x: torch.Tensor, base: BaseCall) -> torch.Tensor:
+        result = base(x)
+        a = self.lora_A.weight
+        update = F.linear(F.linear(self.dropout(x.to(a.dtype)), a), self.lora_B.weight) * self.scaling
+        if self.bias_delta is not None:
+            update = update + self.bias_delta
+        return result + update.to(result.dtype)
+
+    def delta_weight(self) -> torch.Tensor:
+        """ΔW in the base weight's layout: (d_out, d_in), or (d_in, d_out) when transposed."""
+        delta = (self.lora_B.weight @ self.lora_A.weight) * self.scaling  # (d_out, d_in)
+        return delta.T if self.transposed else delta
+
+    def merge(self, module: nn.Module) -> None:
+        module.weight += self.delta_weight().to(module.weight.dtype)
+        if self.bias_delta is not None:
+            module.bias += self.bias_delta.to(module.bias.dtype)
+
+    def unmerge(self, module: nn.Module) -> None:
+        module.weight -= self.delta_weight().to(module.weight.dtype)
+        if self.bias_delta is not None:
+            module.bias -= self.bias_delta.to(module.bias.dtype)
+
+
+class LoRAConv(LoRABiasMixin, nn.Module):
+    """LoRA at a Conv1d/Conv2d: A is a conv (d_in -> r) with the base kernel/stride/padding, B a 1×1 conv (r -> d_out)."""
+
+    def __init__(self, module: nn.Conv1d | nn.Conv2d, r: int, scaling: float, dropout: float, init: str,
+                 train_bias: bool) -> None:
+        super().__init__()
+        conv = type(module)
+        self.lora_A = conv(module.in_channels, r, module.kernel_size, module.stride, module.padding,
+                           module.dilation, bias=False, padding_mode=module.padding_mode)
+        self.lora_B = conv(r, module.out_channels, 1, 1, bias=False)
+        init_pair(self.lora_A.weight, self.lora_B.weight, init, r)
+        self.dropout = nn.Dropout(dropout) if dropout > 0 else nn.Identity()
+        self.scaling = scaling
+        self._init_bias(module, train_bias)
+
+    def forward(self, x: torch.Tensor, base: BaseCall) -> torch.Tensor:
+        result = base(x)
+        update = self.lora_B(self.lora_A(self.dropout(x.to(self.lora_A.weight.dtype)))) * self.scaling
+        if self.bias_delta is not None:
+            update = update + self.bias_delta.view(-1, *([1] * (update.dim() - 2)))  # (C,) -> (C, 1[, 1])
+        return result + update.to(result.dtype)
+
+    def delta_weight(self) -> torch.Tensor:
+        b = self.lora_B.weight.flatten(1)  # (d_out, r, 1[, 1]) -> (d_out, r)
+        return torch.tensordot(b, self.lora_A.weight, dims=1) * self.scaling  # (d_out, d_in, k[, k])
+
+    merge = LoRALinear.merge
+    unmerge = LoRALinear.unmerge
+
+
+class LoRAEmbedding(nn.Module):
+    """LoRA at an Embedding: row i of ΔW is (α/r)·(B A)[:, i]. State: lora_embedding_A (r, V), lora_embedding_B (D, r).
+
+    As in Hugging Face PEFT, A starts at zero and B random (the one-hot input makes Kaiming on A meaningless).
+    """
+
+    def __init__(self, module: nn.Embedding, r: int, scaling: float, init: str) -> None:
+        super().__init__()
+        self.lora_embedding_A = nn.Parameter(torch.zeros(r, module.num_embeddings))
+        self.lora_embedding_B = nn.Parameter(torch.empty(module.embedding_dim, r))
+        with torch.no_grad():
+            nn.init.normal_(self.lora_embedding_B)
+            if init == "random":
+                nn.init.normal_(self.lora_embedding_A)
+        self.scaling = scaling
+
+    def forward(self, x: torch.Tensor, base: BaseCall) -> torch.Tensor:
+        result = base(x)
+        emb = base.module
+        rows = F.embedding(x, self.lora_embedding_A.T, emb.padding_idx, emb.max_norm, emb.norm_type,
+                           emb.scale_grad_by_freq, emb.sparse)  # (..., r)
+        return result + ((rows @ self.lora_embedding_B.T) * self.scaling).to(result.dtype)
+
+    def delta_weight(self) -> torch.Tensor:
+        return (self.lora_embedding_B @ self.lora_embedding_A).T * self.scaling  # (V, D)
+
+    merge = LoRALinear.merge
+    unmerge = LoRALinear.unmerge
+    bias_delta = None
+
+
+# --- Hugging Face PEFT's adapter_config.json ----------------------------------------------------------------------
+_HF_UNSUPPORTED = ("lora_bias", "use_qalora", "target_parameters", "trainable_token_indices", "layer_replication",
+                   "megatron_config", "use_bdlora", "alora_invocation_tokens", "arrow_config", "kasa_config",
+                   "monteclora_config", "velora_config")
+
+
+def lora_to_file_config(config: LoRA, sites: list[str], saved: list[str]) -> dict:
+    """Hugging Face PEFT LoraConfig fields for a LoRA/DoRA config whose sites have been resolved."""
+    init = {"default": True, "gaussian": "gaussian", "random": False}[config.init]
+    return {
+        "peft_type": "LORA", "task_type": None, "r": config.r, "lora_alpha": config.alpha,
+        "lora_dropout": config.dropout, "bias": config.bias, "use_rslora": config.use_rslora,
+        "use_dora": config.card.id == "dora", "target_modules": sorted(sites), "modules_to_save": saved or None,
+        "rank_pattern": dict(config.rank_pattern), "alpha_pattern": dict(config.alpha_pattern),
+        "fan_in_fan_out": bool(config.fan_in_fan_out), "init_lora_weights": init, "layers_to_transform": None,
+        "layers_pattern": None, "exclude_modules": None, "inference_mode": True,
+    }
+
+
+def lora_from_file_config(data: dict) -> LoRA:
+    """A LoRA or DoRA config from Hugging Face PEFT's LoraConfig fields."""
+    from peftlab.errors import AdapterLoadError
+
+    for key in _HF_UNSUPPORTED:
+        if data.get(key) not in (None, False, {}, [], ()):
+            raise AdapterLoadError(f"adapter_config.json sets {key}={data[key]!r}, a LoRA option peftlab does not "
+                                   "implement; save the adapter without it")
+    targets = data.get("target_modules")
+    if isinstance(targets, str) and targets != "all-linear":
+        pass  # a regex, full match: same semantics
+    elif targets is not None and not isinstance(targets, str):
+        targets = tuple(targets)
+    layers = data.get("layers_to_transform")
+    init = data.get("init_lora_weights", True)
+    fields = dict(
+        targets=targets, r=int(data.get("r", 8)), alpha=float(data.get("lora_alpha", 8)),
+        dropout=float(data.get("lora_dropout", 0.0)), bias=data.get("bias", "none"),
+        use_rslora=bool(data.get("use_rslora", False)), rank_pattern=dict(data.get("rank_pattern") or {}),
+        alpha_pattern=dict(data.get("alpha_pattern") or {}), fan_in_fan_out=bool(data.get("fan_in_fan_out")),
+        init={"gaussian": "gaussian", False: "random"}.get(init, "default"),
+        modules_to_save=tuple(data["modules_to_save"]) if data.get("modules_to_save") else (),
+        layers=(layers,) if isinstance(layers, int) else (tuple(layers) if layers else None),
+        exclude=tuple(data["exclude_modules"]) if isinstance(data.get("exclude_modules"), list)
+        else data.get("exclude_modules"),
+    )
+    if not fields["fan_in_fan_out"]:
+        fields["fan_in_fan_out"] = None
+    from peftlab.core.registry import get_method
+
+    return get_method("dora" if data.get("use_dora") else "lora")(**fields)
+

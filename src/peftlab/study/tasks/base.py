@@ -1,0 +1,90 @@
+"""What the study needs from a task: data, a base model, a loss, metrics, and one inference call."""
+
+from __future__ import annotations
+
+import dataclasses
+from collections.abc import Callable, Iterator, Sequence
+from typing import Any, Protocol, TypeVar
+
+import torch
+from torch import nn
+
+from peftlab.study.data.split import Splits
+from peftlab.study.errors import StudyError
+
+T = TypeVar("T")
+Batch = dict[str, Any]
+
+
+@dataclasses.dataclass(frozen=True)
+class TaskSpec:
+    """How to build a task; stored with every run so that a worker process rebuilds exactly the same task.
+
+    name: a built-in task (sentiment, topic, image, dialogue, arithmetic) or a path to a .csv/.jsonl file.
+    model: a model alias (minilm, tiny-bert, smollm2, tiny-llama, efficientnet-lite0), a local path or a hub id;
+        None = the task's default model.
+    max_length: token limit of one example (text and LM tasks).
+    test_size / validation_size: held-out examples; None = the task's default.
+    data_seed: seed of the fixed train/validation/test split (the same for every run of a study).
+    image_size: side of the (square) images fed to the CNN.
+    max_new_tokens: generation limit for exact match (LM tasks).
+    generation_examples: how many test examples exact match is measured on (LM tasks; generation is slow).
+    """
+
+    name: str = "sentiment"
+    model: str | None = None
+    max_length: int = 64
+    test_size: int | None = None
+    validation_size: int | None = None
+    data_seed: int = 0
+    image_size: int = 64
+    max_new_tokens: int = 16
+    generation_examples: int = 100
+
+    def to_dict(self) -> dict[str, Any]:
+        return dataclasses.asdict(self)
+
+
+class Task(Protocol):
+    """A task of the study. `metric` is the headline test metric; `curve_metric` is tracked on validation."""
+
+    name: str
+    model_ref: str
+    metric: str
+    higher_is_better: bool
+    curve_metric: str
+    method_fields: dict[str, Any]  # fields every method config gets on this task (e.g. modules_to_save)
+
+    def describe(self) -> dict[str, Any]: ...
+    def build_model(self) -> nn.Module: ...
+    def splits(self) -> Splits: ...
+    def collate(self, examples: Sequence[Any]) -> Batch: ...
+    def loss(self, model: nn.Module, batch: Batch) -> torch.Tensor: ...
+    def infer(self, model: nn.Module, batch: Batch) -> Any: ...
+    def evaluate(self, model: nn.Module, examples: Sequence[Any], device: torch.device, *,
+                 final: bool) -> dict[str, float]: ...
+    def train_mode(self, model: nn.Module) -> None: ...
+
+
+def endless_batches(examples: Sequence[T], batch_size: int, generator: torch.Generator,
+                    collate: Callable[[Sequence[T]], Batch]) -> Iterator[Batch]:
+    """Shuffled batches epoch after epoch (the last incomplete batch of an epoch is dropped when possible)."""
+    if not examples:
+        raise StudyError("the training split is empty")
+    size = min(batch_size, len(examples))
+    while True:
+        order = torch.randperm(len(examples), generator=generator).tolist()
+        for start in range(0, len(order) - size + 1, size):
+            yield collate([examples[i] for i in order[start:start + size]])
+
+
+def chunks(items: Sequence[T], size: int) -> Iterator[Sequence[T]]:
+    """Consecutive slices of at most `size` items."""
+    for start in range(0, len(items), size):
+        yield items[start:start + size]
+
+
+def resolve_sizes(spec: TaskSpec, test: int, validation: int) -> tuple[int, int]:
+    """The spec's held-out sizes, or the task's defaults."""
+    return (spec.test_size if spec.test_size is not None else test,
+            spec.validation_size if spec.validation_size is not None else validation)

@@ -1,0 +1,104 @@
+"""How a classification task turns examples into model inputs: tokenised text, or resized images."""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from typing import Any, Protocol
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from peftlab.study import models
+from peftlab.study.data.examples import Labeled
+
+Batch = dict[str, Any]
+
+
+class Encoder(Protocol):
+    """The model-specific half of a classification task."""
+
+    model_ref: str
+    method_fields: dict[str, Any]
+
+    def build_model(self, num_labels: int) -> nn.Module: ...
+    def collate(self, examples: Sequence[Labeled]) -> Batch: ...
+    def logits(self, model: nn.Module, batch: Batch) -> torch.Tensor: ...
+    def eval_order(self, examples: Sequence[Labeled]) -> list[Labeled]: ...
+    def train_mode(self, model: nn.Module) -> None: ...
+
+
+class TextEncoder:
+    """A Hugging Face sequence classifier and its tokenizer; batches are padded to their longest text."""
+
+    method_fields: dict[str, Any] = {}
+
+    def __init__(self, model_ref: str, max_length: int) -> None:
+        self.model_ref = model_ref
+        self.max_length = max_length
+        self._tokenizer: Any = None
+
+    @property
+    def tokenizer(self) -> Any:
+        if self._tokenizer is None:
+            self._tokenizer = models.load_tokenizer(self.model_ref)
+        return self._tokenizer
+
+    def build_model(self, num_labels: int) -> nn.Module:
+        return models.load_text_classifier(self.model_ref, num_labels)
+
+    def collate(self, examples: Sequence[Labeled]) -> Batch:
+        batch = self.tokenizer([e.x for e in examples], padding=True, truncation=True, max_length=self.max_length,
+                               return_tensors="pt")
+        return {**batch, "labels": torch.tensor([e.label for e in examples])}
+
+    def logits(self, model: nn.Module, batch: Batch) -> torch.Tensor:
+        inputs = {k: v for k, v in batch.items() if k != "labels"}
+        return model(**inputs).logits  # (B, num_labels)
+
+    def eval_order(self, examples: Sequence[Labeled]) -> list[Labeled]:
+        return sorted(examples, key=lambda e: len(e.x))  # similar lengths together: less padding
+
+    def train_mode(self, model: nn.Module) -> None:
+        model.train()
+
+
+class ImageEncoder:
+    """EfficientNet-Lite0 on grey images upsampled to `image_size`, 3 channels, normalised as (x - 0.5) / 0.5.
+
+    Batch-norm layers whose parameters are frozen keep their ImageNet running statistics during training, so that
+    a frozen-base method really leaves the base model unchanged.
+    """
+
+    method_fields: dict[str, Any] = {"modules_to_save": ("_fc",)}
+
+    def __init__(self, model_ref: str, image_size: int) -> None:
+        self.model_ref = model_ref
+        self.image_size = image_size
+
+    def build_model(self, num_labels: int) -> nn.Module:
+        if self.model_ref != "efficientnet-lite0":
+            raise ValueError(f"the image task supports the model 'efficientnet-lite0', not {self.model_ref!r}")
+        return models.load_efficientnet_lite0(num_labels)
+
+    def collate(self, examples: Sequence[Labeled]) -> Batch:
+        x = torch.from_numpy(np.stack([np.asarray(e.x, dtype=np.float32) for e in examples]))
+        if x.ndim == 3:
+            x = x.unsqueeze(1)  # (B, H, W) -> (B, 1, H, W)
+        x = F.interpolate(x, size=(self.image_size, self.image_size), mode="bilinear", align_corners=False)
+        x = x.expand(-1, 3, -1, -1) if x.shape[1] == 1 else x  # (B, 1, S, S) -> (B, 3, S, S)
+        return {"pixel_values": (x - 0.5) / 0.5, "labels": torch.tensor([e.label for e in examples])}
+
+    def logits(self, model: nn.Module, batch: Batch) -> torch.Tensor:
+        return model(batch["pixel_values"])  # (B, num_labels)
+
+    def eval_order(self, examples: Sequence[Labeled]) -> list[Labeled]:
+        return list(examples)
+
+    def train_mode(self, model: nn.Module) -> None:
+        model.train()
+        for module in model.modules():
+            if isinstance(module, nn.modules.batchnorm._BatchNorm):
+                if not any(p.requires_grad for p in module.parameters(recurse=False)):
+                    module.eval()
