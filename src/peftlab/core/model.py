@@ -42,6 +42,7 @@ class AdaptedModel(nn.Module):
         self._active: tuple[str, ...] = ()
         self._enabled = True
         self._hook: Any = None
+        self.train(base_model.training)
         for param in base_model.parameters():
             param.requires_grad_(False)
 
@@ -90,20 +91,20 @@ class AdaptedModel(nn.Module):
         shared = config.build_model_adapter(base)
         placed: dict[str, str] = {}
         if shared is not None:
-            self.model_adapters[adapter_name] = shared
+            self.model_adapters[adapter_name] = shared.train(base.training)
             self._ensure_hook()
         for path, module in sites.items():
             layer = attach.wrap(base, path)
-            layer.adapters[adapter_name] = attach.place_like(config.build_site(layer.base_layer, path, shared),
-                                                             layer.base_layer)
+            site = config.build_site(layer.base_layer, path, shared)
+            layer.adapters[adapter_name] = attach.place_like(site, layer.base_layer).train(layer.base_layer.training)
             placed[path] = "method"
         for path in saved:
             layer = attach.wrap(base, path)
-            layer.adapters[adapter_name] = CopySite(layer.base_layer)
+            layer.adapters[adapter_name] = CopySite(layer.base_layer).train(layer.base_layer.training)
             placed[path] = "saved"
         self.configs[adapter_name] = config
         self._sites[adapter_name] = placed
-        self.set_adapter(self._active + (adapter_name,) if not self._active else self._active)
+        self.set_adapter(self._active or (adapter_name,))
 
     def _resolve_saved(self, config: MethodConfig) -> list[str]:
         wanted = modules_to_save_for(self.base_model, config)
@@ -202,9 +203,28 @@ class AdaptedModel(nn.Module):
             if name in self.model_adapters or not method.mergeable:
                 raise AdapterStateError(f"adapter {name!r} uses {method.name}, which is not mergeable ({method.kind.value}"
                                         "); it must stay attached. Use the AdaptedModel as is, or unload() to drop it")
-            for path, (site, _) in self.site_adapters(name).items():
+            owners = self._parameter_owners()
+            for path, (site, module) in self.site_adapters(name).items():
                 if not isinstance(site, MergeableSite):
                     raise AdapterStateError(f"adapter {name!r} at {path!r} cannot be merged")
+                for param in module.parameters(recurse=False):
+                    shared = [p for p in owners[id(param)] if p != path]
+                    if shared:
+                        raise AdapterStateError(
+                            f"adapter {name!r} cannot be merged: the weights of {path!r} are tied to {shared[0]!r}, "
+                            "so folding the update in would change that module too. Keep the adapter unmerged, or "
+                            "untie the weights first (e.g. config.tie_word_embeddings=False)")
+
+    def _parameter_owners(self) -> dict[int, list[str]]:
+        """Parameter id -> paths of the base modules holding it (several paths: tied weights)."""
+        owners: dict[int, list[str]] = {}
+        for path, module in self.base_model.named_modules(remove_duplicate=False):
+            if isinstance(module, AdaptedLayer):
+                continue
+            path = path.removesuffix(".base_layer")
+            for param in module.parameters(recurse=False):
+                owners.setdefault(id(param), []).append(path)
+        return owners
 
     def merge_adapter(self, adapter_names: Sequence[str] | None = None) -> None:
         """Fold adapters (default: the active ones) into the base weights, in place; `unmerge()` undoes it."""

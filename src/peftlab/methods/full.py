@@ -5,7 +5,8 @@ A selection method: each selected module is replaced, while the adapter is activ
 The frozen original stays, so disabling gives the base exactly, several full fine-tunes can coexist, and merging copies
 the trained values into the base. The cost of that safety is one extra copy of the selected weights.
 By default every module that owns parameters directly is selected, except the output head (which classification
-models train through `modules_to_save`). Weights tied between modules are trained as separate copies.
+models train through `modules_to_save`). A weight tied between two modules (GPT-2's wte and lm_head) is trained as
+a copy at the selected module only, and merging it is refused; exclude it or untie the weights to merge.
 """
 
 from __future__ import annotations

@@ -1,0 +1,75 @@
+"""Progress display of a study: one bar for the whole study, one for the run in progress (tqdm, on stderr)."""
+
+from __future__ import annotations
+
+from typing import Any, Protocol
+
+from tqdm import tqdm
+
+from peftlab.study.plan import RunSpec
+
+
+class Progress(Protocol):
+    """What the runner tells the user as a study goes."""
+
+    def start(self, total: int, skipped: int) -> None: ...
+    def run_started(self, spec: RunSpec) -> None: ...
+    def run_event(self, event: dict[str, Any]) -> None: ...
+    def run_finished(self, record: dict[str, Any]) -> None: ...
+    def close(self) -> None: ...
+
+
+class TqdmProgress:
+    """Two tqdm bars: runs done / total (with the failure count), and steps of the current run with its loss."""
+
+    def __init__(self, disable: bool = False) -> None:
+        self.disable = disable
+        self.overall: tqdm | None = None
+        self.current: tqdm | None = None
+        self.failed = 0
+
+    def start(self, total: int, skipped: int) -> None:
+        self.overall = tqdm(total=total, initial=skipped, desc="study", unit="run", position=0,
+                            disable=self.disable, dynamic_ncols=True)
+        if skipped:
+            self.overall.write(f"resuming: {skipped} of {total} runs already finished")
+
+    def run_started(self, spec: RunSpec) -> None:
+        size = "all" if spec.train_size is None else spec.train_size
+        self.current = tqdm(total=spec.settings.steps, desc=f"{spec.method.label} n={size} seed={spec.seed}",
+                            unit="step", position=1, leave=False, disable=self.disable, dynamic_ncols=True)
+
+    def run_event(self, event: dict[str, Any]) -> None:
+        if self.current is None:
+            return
+        kind = event.get("event")
+        if kind == "step":
+            self.current.update(event["step"] - self.current.n)
+            self.current.set_postfix(loss=f"{event['loss']:.3f}", refresh=False)
+        elif kind == "eval" and event.get("metrics"):
+            shown = {k: f"{v:.3f}" for k, v in list(event["metrics"].items())[:2]}
+            self.current.set_postfix(shown, refresh=True)
+        elif kind == "phase" and event.get("phase") not in ("train",):
+            self.current.set_description_str(f"{self.current.desc.split(' [')[0]} [{event['phase']}]")
+
+    def run_finished(self, record: dict[str, Any]) -> None:
+        if self.current is not None:
+            self.current.close()
+            self.current = None
+        if self.overall is None:
+            return
+        if record["status"] == "ok":
+            metric = record.get("metric", "metric")
+            line = f"  ok     {record['run_id']}: test {metric} {record['test_metric']:.4f}, " \
+                   f"train {record['train_seconds']:.0f}s"
+        else:
+            self.failed += 1
+            line = f"  FAILED {record['run_id']}: {record['error']}"
+        self.overall.write(line)
+        self.overall.set_postfix(failed=self.failed, refresh=False)
+        self.overall.update(1)
+
+    def close(self) -> None:
+        for bar in (self.current, self.overall):
+            if bar is not None:
+                bar.close()

@@ -1,0 +1,168 @@
+"""One isolated run of a study: `python -m peftlab.study.worker RUN_DIR` reads RUN_DIR/spec.json, trains, measures,
+and writes RUN_DIR/result.json (status "ok", or "failed" with the reason). Progress goes to stdout as events.
+
+Running each run in a fresh process keeps peak-memory figures (process peak RSS on CPU) from mixing between runs.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import math
+import sys
+import time
+import traceback
+from datetime import datetime, timezone
+from pathlib import Path
+from typing import Any
+
+from peftlab.study import events
+from peftlab.study.plan import RunSpec
+from peftlab.study.results import SCHEMA_VERSION
+from peftlab.train import process_peak_rss_mb
+
+SPEC_FILE = "spec.json"
+RESULT_FILE = "result.json"
+
+
+class Phase:
+    """The step a run is in, so that a failure says where it happened."""
+
+    def __init__(self) -> None:
+        self.name = "start"
+
+    def enter(self, name: str) -> None:
+        self.name = name
+        events.emit("phase", phase=name)
+
+
+def base_record(spec: RunSpec) -> dict[str, Any]:
+    """The identity part of a run's record (filled before anything can fail)."""
+    return {
+        "schema": SCHEMA_VERSION, "run_id": spec.run_id, "status": "running", "error": None, "failed_phase": None,
+        "task": spec.task.name, "model": spec.task.model, "method": spec.method.label,
+        "method_id": spec.method.method_id, "train_size": spec.train_size, "seed": spec.seed, "lr": spec.method.lr,
+        "steps": spec.settings.steps, "batch_size": spec.settings.batch_size, "max_length": spec.task.max_length,
+        "config": {"run": spec.to_dict()}, "started_at": datetime.now(timezone.utc).isoformat(timespec="seconds"),
+    }
+
+
+def execute(spec: RunSpec, run_dir: Path) -> dict[str, Any]:
+    """Run `spec` and return its record; exceptions (including MemoryError) become a failed record."""
+    record = base_record(spec)
+    phase = Phase()
+    start = time.perf_counter()
+    try:
+        _run(spec, run_dir, record, phase)
+        record["status"] = "ok"
+    except Exception as err:  # noqa: BLE001  (any failure of one run is recorded; the study goes on)
+        traceback.print_exc()
+        record.update(status="failed", error=f"{type(err).__name__}: {err}", failed_phase=phase.name)
+    finally:
+        record["wall_seconds"] = time.perf_counter() - start
+        record["process_peak_rss_mb"] = process_peak_rss_mb()
+        record.setdefault("peak_memory_mb", None)
+        record["finished_at"] = datetime.now(timezone.utc).isoformat(timespec="seconds")
+    return record
+
+
+def _run(spec: RunSpec, run_dir: Path, record: dict[str, Any], phase: Phase) -> None:
+    """The body of a run; fills `record` as it goes, so a failure keeps what was measured before it."""
+    import peftlab
+    from peftlab.study import measure
+    from peftlab.study.data.split import subsample
+    from peftlab.study.methods import build_config
+    from peftlab.study.tasks import build_task
+    from peftlab.study.tasks.base import endless_batches
+    from peftlab.train import TrainConfig, peak_memory_mb, reset_peak_memory, resolve_device, seed_everything, train
+
+    settings = spec.settings
+    device = resolve_device(settings.device)
+    record.update(versions=measure.versions(), hardware=measure.hardware(device),
+                  memory_kind="cuda_max_allocated" if device.type == "cuda" else "process_peak_rss")
+
+    phase.enter("load")
+    generator = seed_everything(spec.seed)
+    task = build_task(spec.task)
+    splits = task.splits()
+    train_examples = subsample(splits.train, spec.train_size, spec.task.data_seed)
+    record.update(model=task.model_ref, task_info=task.describe(), train_examples=len(train_examples),
+                  metric=task.metric, higher_is_better=task.higher_is_better, curve_metric=task.curve_metric)
+    base = task.build_model()
+    base_params = sum(p.numel() for p in base.parameters())
+
+    phase.enter("adapt")
+    config = build_config(spec.method, task.method_fields)
+    record["config"]["method"] = config.to_dict()
+    mergeable = bool(type(config).card.mergeable)
+    record["mergeable"] = mergeable
+    model = peftlab.adapt(base, config).to(device)
+    trainable = model.trainable_parameters()
+    record.update(trainable_params=trainable, base_params=base_params, total_params=model.total_parameters(),
+                  trainable_percent=100.0 * trainable / base_params,
+                  rss_after_load_mb=process_peak_rss_mb())
+
+    phase.enter("train")
+    train_config = TrainConfig(steps=settings.steps, lr=spec.method.lr, warmup=settings.warmup,
+                               weight_decay=settings.weight_decay, grad_clip=settings.grad_clip,
+                               eval_every=settings.eval_every, device=str(device))
+    record["config"]["train"] = train_config.to_dict()
+    reset_peak_memory(device)
+    result = train(model, endless_batches(train_examples, settings.batch_size, generator, task.collate), task.loss,
+                   train_config, device=device, train_mode=task.train_mode,
+                   evaluate=lambda m: task.evaluate(m, splits.validation, device, final=False),
+                   on_event=lambda e: events.emit(e.kind, step=e.step, total=e.total, loss=e.loss,
+                                                  metrics=e.metrics))
+    record.update(peak_memory_mb=peak_memory_mb(device), train_seconds=result.train_seconds,
+                  median_step_seconds=result.median_step_seconds, examples_per_second=result.examples_per_second,
+                  final_train_loss=result.losses[-1], curve=result.curve,
+                  validation={k: v for k, v in result.curve[-1].items() if k not in ("step", "train_loss")})
+
+    phase.enter("test")
+    model.eval()
+    import torch
+
+    with torch.no_grad():
+        test = task.evaluate(model, splits.test, device, final=True)
+    record.update(test=test, test_metric=test[task.metric])
+    if not math.isfinite(record["test_metric"]):
+        raise FloatingPointError(f"the test {task.metric} is {record['test_metric']}")
+
+    phase.enter("save")
+    adapter_dir = run_dir / "adapter"
+    model.save(str(adapter_dir))
+    record.update(adapter_bytes=measure.folder_bytes(adapter_dir),
+                  adapter_path=str(adapter_dir) if settings.save_adapter else None)
+    if not settings.save_adapter:
+        import shutil
+
+        shutil.rmtree(adapter_dir, ignore_errors=True)
+
+    phase.enter("latency")
+    batch = {k: v.to(device) if hasattr(v, "to") else v
+             for k, v in task.collate(splits.test[: settings.latency_batch]).items()}
+    timed = lambda: task.infer(model, batch)  # noqa: E731
+    latency = {"batch": len(splits.test[: settings.latency_batch]),
+               "unmerged_ms": measure.latency_ms(timed, device, settings.latency_repeats), "merged_ms": None}
+    if mergeable:
+        model.merge_adapter()
+        latency["merged_ms"] = measure.latency_ms(timed, device, settings.latency_repeats)
+        model.unmerge()
+    record["latency"] = latency
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(prog="python -m peftlab.study.worker", description=__doc__)
+    parser.add_argument("run_dir", type=Path, help=f"folder holding {SPEC_FILE}; {RESULT_FILE} is written there")
+    args = parser.parse_args(argv)
+    spec = RunSpec.from_dict(json.loads((args.run_dir / SPEC_FILE).read_text(encoding="utf-8")))
+    record = execute(spec, args.run_dir)
+    tmp = args.run_dir / (RESULT_FILE + ".tmp")
+    tmp.write_text(json.dumps(record, indent=1, allow_nan=True), encoding="utf-8")
+    tmp.replace(args.run_dir / RESULT_FILE)
+    events.emit("done", status=record["status"], error=record["error"])
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,39 @@
+"""How each registered method is configured on each tiny model of the contract matrix.
+
+A method joins the matrix by being registered. Its default config is tried on every model; only the cells listed
+here differ: a dict of config fields, or NOT_APPLICABLE with the reason (the test then checks that adapting fails
+with a peftlab error instead of doing something silently wrong).
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+NOT_APPLICABLE = "not applicable"
+
+# (method id, model name) -> config fields, or (NOT_APPLICABLE, reason)
+CASES: dict[tuple[str, str], Any] = {
+    ("lora", "mlp"): {"targets": ["fc1", "fc2"]},
+    ("lora", "convnet"): {"targets": ["conv1", "conv2"]},
+    ("lora", "gpt2"): {"targets": ["c_attn", "c_fc"], "dropout": 0.1, "use_rslora": True},
+    ("dora", "mlp"): {"targets": ["fc1", "fc2"]},
+    ("dora", "convnet"): {"targets": ["fc"], "modules_to_save": []},
+    ("dora", "bert"): {"targets": "all-linear"},
+    ("dora", "gpt2"): {"targets": ["c_attn", "c_fc"]},
+    ("full", "gpt2"): {"exclude": ["wte"]},  # tied to lm_head: merging is refused (test_merge_into_tied_weights...)
+    ("lora", "bert"): {"targets": ["query", "value", "word_embeddings"], "bias": "lora_only"},
+}
+
+# Fields every case gets, to make the adapter non-trivial from the start where the method allows it.
+NON_TRIVIAL_INIT: dict[str, dict[str, Any]] = {
+    "lora": {"init": "random"},
+    "dora": {"init": "random"},
+}
+
+
+def case_fields(method_id: str, model_name: str) -> Any:
+    fields = dict(NON_TRIVIAL_INIT.get(method_id, {}))
+    case = CASES.get((method_id, model_name), {})
+    if isinstance(case, tuple):
+        return case
+    return {**fields, **case}
