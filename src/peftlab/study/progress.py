@@ -32,9 +32,11 @@ class TqdmProgress:
         self.overall = tqdm(total=total, initial=skipped, desc="study", unit="run", position=0,
                             disable=self.disable, dynamic_ncols=True)
         if skipped:
-            self.overall.write(f"resuming: {skipped} of {total} runs already finished")
+            tqdm.write(f"resuming: {skipped} of {total} runs already finished")
 
     def run_started(self, spec: RunSpec) -> None:
+        if self.disable:
+            return
         size = "all" if spec.train_size is None else spec.train_size
         self.current = tqdm(total=spec.settings.steps, desc=f"{spec.method.label} n={size} seed={spec.seed}",
                             unit="step", position=1, leave=False, disable=self.disable, dynamic_ncols=True)
@@ -49,15 +51,13 @@ class TqdmProgress:
         elif kind == "eval" and event.get("metrics"):
             shown = {k: f"{v:.3f}" for k, v in list(event["metrics"].items())[:2]}
             self.current.set_postfix(shown, refresh=True)
-        elif kind == "phase" and event.get("phase") not in ("train",):
+        elif kind == "phase":
             self.current.set_description_str(f"{self.current.desc.split(' [')[0]} [{event['phase']}]")
 
     def run_finished(self, record: dict[str, Any]) -> None:
         if self.current is not None:
             self.current.close()
             self.current = None
-        if self.overall is None:
-            return
         if record["status"] == "ok":
             metric = record.get("metric", "metric")
             line = f"  ok     {record['run_id']}: test {metric} {record['test_metric']:.4f}, " \
@@ -65,6 +65,9 @@ class TqdmProgress:
         else:
             self.failed += 1
             line = f"  FAILED {record['run_id']}: {record['error']}"
+        if self.overall is None or self.disable:
+            print(line, flush=True)
+            return
         self.overall.write(line)
         self.overall.set_postfix(failed=self.failed, refresh=False)
         self.overall.update(1)

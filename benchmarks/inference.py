@@ -1,0 +1,85 @@
+"""Inference-side measurements: forward latency (base, adapter unmerged, adapter merged) and adapter load/switch."""
+
+from __future__ import annotations
+
+import copy
+import gc
+import tempfile
+import time
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+import torch
+from torch import nn
+
+from benchmarks import libraries
+from benchmarks.configs import INFERENCE_METHOD, METHODS
+from benchmarks.measure import Batch, time_calls
+from benchmarks.models import ModelPreset
+
+SWITCHES_PER_REPEAT = 10
+
+
+def _latency(model: nn.Module, batch: Batch, warmup: int, repeats: int) -> list[float]:
+    model.eval()
+    with torch.inference_mode():
+        return time_calls(lambda: model(**batch), warmup, repeats)
+
+
+def inference_latency(library: str, preset: ModelPreset, model: nn.Module, batch: Batch, warmup: int,
+                      repeats: int) -> dict[str, list[float]]:
+    """Eval-mode forward latency of the base model ("base") or of a LoRA adapter unmerged, then merged."""
+    inputs = {k: v for k, v in batch.items() if k != "labels"}
+    if library == "base":
+        return {"latency": _latency(model, inputs, warmup, repeats)}
+    adapted = libraries.attach(library, METHODS[INFERENCE_METHOD], preset, model)
+    _randomise_adapter(adapted)
+    unmerged = _latency(adapted, inputs, warmup, repeats)
+    adapted.merge_adapter()
+    return {"latency": unmerged, "merged_latency": _latency(adapted, inputs, warmup, repeats)}
+
+
+def _randomise_adapter(model: nn.Module) -> None:
+    """Give LoRA's zero-initialised B matrices values, so that merging really changes the weights."""
+    with torch.no_grad():
+        for param in model.parameters():
+            if param.requires_grad:
+                param.normal_(std=0.01)
+
+
+def adapter_switching(library: str, preset: ModelPreset, model: nn.Module, repeats: int) -> dict[str, list[float]]:
+    """Seconds to load a saved LoRA adapter onto a fresh base model, to load a second one next to it, and to switch
+    the active adapter (median over `SWITCHES_PER_REPEAT` switches per repeat)."""
+    pristine = copy.deepcopy(model)
+    adapted = libraries.attach(library, METHODS[INFERENCE_METHOD], preset, model)
+    with tempfile.TemporaryDirectory() as tmp:
+        first, second = Path(tmp) / "a", Path(tmp) / "b"
+        libraries.save(adapted, first)
+        libraries.save(adapted, second)
+        del adapted
+        return _load_and_switch(library, pristine, first, second, repeats)
+
+
+def _load_and_switch(library: str, pristine: nn.Module, first: Path, second: Path,
+                     repeats: int) -> dict[str, list[float]]:
+    """Per repeat: load `first` onto a fresh copy of `pristine`, load `second` next to it, switch back and forth."""
+    results: dict[str, list[float]] = {"load": [], "load_second": [], "switch": []}
+    for _ in range(repeats):
+        base = copy.deepcopy(pristine)
+        gc.collect()
+        seconds, adapted = _timed(lambda: libraries.load(library, base, first))
+        results["load"].append(seconds)
+        results["load_second"].append(_timed(lambda: libraries.load_second(library, adapted, second, "other"))[0])
+        for i in range(SWITCHES_PER_REPEAT):
+            name = "other" if i % 2 == 0 else "default"
+            results["switch"].append(_timed(lambda: adapted.set_adapter(name))[0])
+        del adapted, base
+    return results
+
+
+def _timed(fn: Callable[[], Any]) -> tuple[float, Any]:
+    """(seconds, return value) of one call."""
+    t0 = time.perf_counter()
+    value = fn()
+    return time.perf_counter() - t0, value

@@ -1,0 +1,102 @@
+"""Timing and memory primitives: training steps split into phases, the floor step, plain call latency, peak RSS."""
+
+from __future__ import annotations
+
+import dataclasses
+import resource
+import statistics
+import time
+from collections.abc import Callable, Iterable
+
+import torch
+from torch import nn
+
+Batch = dict[str, torch.Tensor]
+
+
+def peak_rss_mb() -> float:
+    """This process's peak resident set size so far, in MB (Linux reports ru_maxrss in KiB)."""
+    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
+
+
+def median(values: Iterable[float]) -> float:
+    """The median, or NaN for no values."""
+    values = list(values)
+    return statistics.median(values) if values else float("nan")
+
+
+@dataclasses.dataclass
+class StepTimes:
+    """Seconds per measured step, by phase (forward, backward, optimizer) and in total."""
+
+    forward: list[float] = dataclasses.field(default_factory=list)
+    backward: list[float] = dataclasses.field(default_factory=list)
+    optimizer: list[float] = dataclasses.field(default_factory=list)
+
+    @property
+    def total(self) -> list[float]:
+        return [f + b + o for f, b, o in zip(self.forward, self.backward, self.optimizer)]
+
+    def as_dict(self) -> dict[str, list[float]]:
+        return {"forward": self.forward, "backward": self.backward, "optimizer": self.optimizer, "step": self.total}
+
+
+def run_steps(forward: Callable[[], torch.Tensor], optimizer: torch.optim.Optimizer | None, warmup: int,
+              repeats: int) -> StepTimes:
+    """Time `warmup + repeats` steps of forward -> loss.backward() -> optimizer step; keep the last `repeats`."""
+    times = StepTimes()
+    for i in range(warmup + repeats):
+        t0 = time.perf_counter()
+        loss = forward()
+        t1 = time.perf_counter()
+        loss.backward()
+        t2 = time.perf_counter()
+        if optimizer is not None:
+            optimizer.step()
+            optimizer.zero_grad(set_to_none=True)
+        t3 = time.perf_counter()
+        if i >= warmup:
+            times.forward.append(t1 - t0)
+            times.backward.append(t2 - t1)
+            times.optimizer.append(t3 - t2)
+    return times
+
+
+def trainable(model: nn.Module) -> list[nn.Parameter]:
+    """The parameters that require gradients."""
+    return [p for p in model.parameters() if p.requires_grad]
+
+
+def time_training(model: nn.Module, batch: Batch, warmup: int, repeats: int, lr: float = 1e-4) -> StepTimes:
+    """Training steps (forward + backward + AdamW step) on the model's trainable parameters."""
+    optimizer = torch.optim.AdamW(trainable(model), lr=lr)
+    optimizer.zero_grad(set_to_none=True)
+    return run_steps(lambda: model(**batch).loss, optimizer, warmup, repeats)
+
+
+def time_floor(model: nn.Module, batch: Batch, warmup: int, repeats: int) -> StepTimes:
+    """The floor: every parameter frozen; gradients flow to a leaf `inputs_embeds` only (no weight grads, no
+    optimizer). Any method's step needs at least this forward and this activation backward."""
+    for param in model.parameters():
+        param.requires_grad_(False)
+    with torch.no_grad():
+        embeds = model.get_input_embeddings()(batch["input_ids"])  # (B, T) -> (B, T, D)
+    leaf = embeds.detach().requires_grad_(True)
+    rest = {k: v for k, v in batch.items() if k != "input_ids"}
+
+    def forward() -> torch.Tensor:
+        leaf.grad = None
+        return model(inputs_embeds=leaf, **rest).loss
+
+    return run_steps(forward, None, warmup, repeats)
+
+
+def time_calls(fn: Callable[[], object], warmup: int, repeats: int) -> list[float]:
+    """Seconds per call of `fn` for the last `repeats` of `warmup + repeats` calls."""
+    times = []
+    for i in range(warmup + repeats):
+        t0 = time.perf_counter()
+        fn()
+        if i >= warmup:
+            times.append(time.perf_counter() - t0)
+    return times

@@ -1,0 +1,173 @@
+"""Turn the workers' raw results into Markdown: the machine, the command, and one set of tables per model."""
+
+from __future__ import annotations
+
+import datetime
+import math
+import os
+import platform
+from collections.abc import Sequence
+from typing import Any
+
+from benchmarks.configs import INFERENCE, title
+from benchmarks.jobs import Job, Settings, libraries_for
+from benchmarks.libraries import LIBRARY_NAMES
+from benchmarks.measure import median
+from benchmarks.models import get_preset
+
+Result = dict[str, Any]
+Results = dict[tuple[str, str, str], Result]  # (model, config, library) -> result pooled over rounds
+
+
+def pool(runs: Sequence[tuple[Job, Result]]) -> Results:
+    """Pool the rounds of each (model, config, library): timings concatenate, RSS takes the median, the first
+    failure's note is kept (a configuration counts as measured when any round succeeded)."""
+    grouped: dict[tuple[str, str, str], list[Result]] = {}
+    for job, result in runs:
+        grouped.setdefault(job.key, []).append(result)
+    pooled: Results = {}
+    for key, results in grouped.items():
+        ok = [r for r in results if r["status"] == "ok"]
+        if not ok:
+            pooled[key] = results[0]
+            continue
+        times: dict[str, list[float]] = {}
+        for r in ok:
+            for name, values in r["times"].items():
+                times.setdefault(name, []).extend(values)
+        pooled[key] = {"status": "ok", "times": times, "trainable": ok[0]["trainable"], "total": ok[0]["total"],
+                       "rss_build_mb": median(r.get("rss_build_mb", math.nan) for r in ok),
+                       "rss_peak_mb": median(r["rss_peak_mb"] for r in ok),
+                       "note": "; ".join(r["note"] for r in results if r["status"] != "ok")}
+    return pooled
+
+
+def _time(result: Result | None, name: str) -> float:
+    if not result or result["status"] != "ok" or name not in result["times"]:
+        return math.nan
+    return median(result["times"][name])
+
+
+def _num(value: float, digits: int = 3) -> str:
+    return "—" if math.isnan(value) else f"{value:.{digits}g}" if value < 1 else f"{value:.{digits - 1}f}"
+
+
+def _ratio(value: float, reference: float) -> str:
+    return "—" if math.isnan(value) or math.isnan(reference) or reference == 0 else f"{value / reference:.2f}×"
+
+
+def _row(cells: Sequence[object]) -> str:
+    return "| " + " | ".join(str(c) for c in cells) + " |"
+
+
+def _table(header: Sequence[str], rows: list[Sequence[object]]) -> list[str]:
+    return [_row(header), _row(["---"] * len(header)), *(_row(r) for r in rows)]
+
+
+TRAINING_HEADER = ("configuration", "library", "trainable params", "step s", "fwd / bwd / opt s", "× floor",
+                   "× HF PEFT", "RSS after build MB", "peak RSS MB", "peak × HF PEFT", "note")
+
+
+def training_rows(model: str, configs: Sequence[str], results: Results) -> list[Sequence[object]]:
+    """One row per (training configuration, library), with the step time and peak RSS ratios."""
+    floor = _time(results.get((model, "floor", "floor")), "step")
+    rows = []
+    for config in (c for c in configs if c not in INFERENCE):
+        hf = results.get((model, config, "hf"))
+        for library in libraries_for(config, flip=False):
+            result = results.get((model, config, library))
+            if result is None:
+                continue
+            step, note = _time(result, "step"), result.get("note", "")
+            phases = " / ".join(_num(_time(result, p)) for p in ("forward", "backward", "optimizer"))
+            ok = result["status"] == "ok"
+            peak = result["rss_peak_mb"] if ok else math.nan
+            hf_peak = hf["rss_peak_mb"] if hf and hf["status"] == "ok" else math.nan
+            versus_hf = library == "peftlab"
+            rows.append((title(config), LIBRARY_NAMES[library], f"{result['trainable']:,}" if ok else "—",
+                         _num(step), phases if ok else "—", _ratio(step, floor),
+                         _ratio(step, _time(hf, "step")) if versus_hf else "", _num(result.get("rss_build_mb",
+                         math.nan), 4), _num(peak, 4), _ratio(peak, hf_peak) if versus_hf else "", note))
+    return rows
+
+
+def inference_rows(model: str, results: Results) -> list[Sequence[object]]:
+    """Latency of the base model and of LoRA (all linear, r=8) unmerged and merged, per library."""
+    base = _time(results.get((model, "infer", "base")), "latency")
+    hf = _time(results.get((model, "infer", "hf")), "latency")
+    rows: list[Sequence[object]] = [("base model", "torch", _num(base), "1.00×", "", "")]
+    for library in ("hf", "peftlab"):
+        result = results.get((model, "infer", library))
+        if result is None:
+            continue
+        for label, field in (("LoRA unmerged", "latency"), ("LoRA merged", "merged_latency")):
+            value = _time(result, field)
+            rows.append((label, LIBRARY_NAMES[library], _num(value), _ratio(value, base), _ratio(value, hf),
+                         result.get("note", "")))
+    return rows
+
+
+def switching_rows(model: str, results: Results) -> list[Sequence[object]]:
+    """Adapter load (onto a fresh base), load of a second adapter, and set_adapter, per library."""
+    rows: list[Sequence[object]] = []
+    hf = results.get((model, "switch", "hf"))
+    for library in ("hf", "peftlab"):
+        result = results.get((model, "switch", library))
+        if result is None:
+            continue
+        load = _time(result, "load")
+        rows.append((LIBRARY_NAMES[library], _num(load), _num(_time(result, "load_second")),
+                     _num(_time(result, "switch") * 1000), _ratio(load, _time(hf, "load"))
+                     if library == "peftlab" else "", result.get("note", "")))
+    return rows
+
+
+def machine() -> list[str]:
+    """The machine and software versions, as Markdown bullet lines."""
+    import peft
+    import torch
+    import transformers
+
+    cpu = platform.processor() or "unknown"
+    try:
+        with open("/proc/cpuinfo") as f:
+            cpu = next(line.split(":", 1)[1].strip() for line in f if line.startswith("model name"))
+    except (OSError, StopIteration):
+        pass
+    try:
+        import peftlab
+
+        peftlab_version = peftlab.__version__
+    except ImportError:
+        peftlab_version = "not importable"
+    return [f"- CPU: {cpu}, {os.cpu_count()} cores; {platform.platform()}; Python {platform.python_version()}",
+            f"- torch {torch.__version__}, transformers {transformers.__version__}, peft {peft.__version__}, "
+            f"peftlab {peftlab_version}"]
+
+
+def render(models: Sequence[str], configs: Sequence[str], results: Results, settings: Settings, rounds: int,
+           command: str) -> str:
+    """The whole Markdown report."""
+    lines = ["# Benchmarks: peftlab vs Hugging Face PEFT", "",
+             f"Measured {datetime.datetime.now().strftime('%Y-%m-%d %H:%M')}.", *machine(),
+             f"- torch threads: {settings.threads}; warmup {settings.warmup}, repeats {settings.repeats} per process, "
+             f"{rounds} round(s), each configuration in its own process{'; QUICK mode (tiny shapes)' if settings.quick else ''}",
+             f"- command: `{command}`", "",
+             "Times are medians over all measured steps; a step is forward + backward + AdamW step (the floor has no "
+             "optimizer: forward + backward to the input embeddings only, all weights frozen). RSS is the process's "
+             "peak resident set (ru_maxrss), after model build + attach and at the end.", ""]
+    for model in models:
+        preset = get_preset(model)
+        shape = "2 x 32" if settings.quick else f"{preset.batch_size} x {preset.seq_len}"
+        lines += [f"## {model}: {preset.description}; batch {shape}", ""]
+        lines += _table(TRAINING_HEADER, training_rows(model, configs, results)) + [""]
+        if "infer" in configs:
+            lines += ["Inference (eval, no grad, same batch; LoRA r=8 on all linear layers):", ""]
+            lines += _table(("variant", "library", "latency s", "× base", "× HF PEFT unmerged", "note"),
+                            inference_rows(model, results)) + [""]
+        if "switch" in configs:
+            lines += ["Adapters (LoRA r=8, all linear): load onto a fresh base, load a second, switch:", ""]
+            lines += _table(("library", "load s", "load second s", "set_adapter ms", "load × HF PEFT", "note"),
+                            switching_rows(model, results)) + [""]
+    return "\n".join(lines)
+

@@ -1,0 +1,73 @@
+"""The `peftlab` command. Thin: parses arguments, calls the library, prints."""
+
+from __future__ import annotations
+
+import argparse
+import sys
+from collections.abc import Sequence
+
+from peftlab.errors import PeftlabError
+
+
+def _methods(args: argparse.Namespace) -> int:
+    from peftlab.core.registry import get_method, methods
+    from peftlab.table import markdown_table, text_table
+
+    rows = [get_method(m).card.row() for m in methods()]
+    headers = list(rows[0])
+    render = markdown_table if args.markdown else text_table
+    print(render(headers, [list(r.values()) for r in rows]))
+    return 0
+
+
+def _info(args: argparse.Namespace) -> int:
+    from pathlib import Path
+
+    from peftlab.io.adapter_files import read_adapter_config
+
+    config = read_adapter_config(Path(args.path))
+    card = type(config).card
+    print(f"{card.name} ({card.id}, {card.kind.value}, mergeable: {'yes' if card.mergeable else 'no'})")
+    for key, value in config.to_dict().items():
+        print(f"  {key}: {value}")
+    return 0
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="peftlab",
+        description="Parameter-efficient fine-tuning on any PyTorch model, and a study that compares the methods.")
+    from peftlab import __version__
+
+    parser.add_argument("--version", action="version", version=f"peftlab {__version__}")
+    sub = parser.add_subparsers(dest="command", metavar="COMMAND")
+    methods = sub.add_parser("methods", help="list the methods with their PEFT-Ref typology and parameter formulas")
+    methods.add_argument("--markdown", action="store_true", help="print a Markdown table")
+    methods.set_defaults(func=_methods)
+    info = sub.add_parser("info", help="describe an adapter folder (ours or Hugging Face PEFT's)")
+    info.add_argument("path", help="folder holding adapter_config.json and adapter_model.safetensors")
+    info.set_defaults(func=_info)
+    try:
+        from peftlab.study.cli import add_subcommands
+    except ImportError:  # the study needs optional dependencies
+        pass
+    else:
+        add_subcommands(sub)
+    return parser
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    if not getattr(args, "func", None):
+        parser.print_help()
+        return 0
+    try:
+        return int(args.func(args) or 0)
+    except PeftlabError as err:
+        print(f"peftlab: error: {err}", file=sys.stderr)
+        return 2
+
+
+if __name__ == "__main__":
+    sys.exit(main())

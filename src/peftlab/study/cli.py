@@ -1,0 +1,119 @@
+"""`peftlab compare` and `peftlab report`: argparse wiring only; the work is in runner.py and report.py.
+
+The main CLI calls `add_subcommands(subparsers)`; each subcommand sets `func(args) -> int` (the exit code).
+"""
+
+from __future__ import annotations
+
+import argparse
+from pathlib import Path
+
+from peftlab.study.budget import parse_budgets
+from peftlab.study.methods import SURVEY_METHODS, parse_lr_overrides, resolve_methods
+from peftlab.study.plan import RunSettings, StudyConfig, parse_train_sizes
+from peftlab.study.tasks import BUILTIN_TASKS
+from peftlab.study.tasks.base import TaskSpec
+
+DEFAULT_OUT = Path("peftlab-study")
+DEFAULT_TRAIN_SIZES = "2000"
+
+
+def add_subcommands(subparsers: argparse._SubParsersAction) -> None:
+    """Register `compare` and `report` on the main parser's subparsers."""
+    compare = subparsers.add_parser(
+        "compare", help="compare fine-tuning methods on one task (default: the survey's study on tweet sentiment)",
+        description="Run every method under the same step budget, each run in its own process; results go to "
+                    "OUT/results.jsonl (resumable) and OUT/report.{md,html}. With no arguments: MiniLM on 3-class "
+                    "tweet sentiment, all methods of the survey's table, one seed.")
+    _add_compare_arguments(compare)
+    compare.set_defaults(func=run_compare)
+    report = subparsers.add_parser("report", help="rebuild a study's report from its stored results",
+                                   description="Rebuild OUT/report.md, OUT/report.html and OUT/plots from "
+                                               "OUT/study.json and OUT/results.jsonl (no training).")
+    report.add_argument("out", type=Path, metavar="DIR", help="the study's output folder")
+    report.add_argument("--budget", action="append", default=None, metavar="LIMIT",
+                        help="override the stored budget, e.g. params=1%%, memory=2000MB, time=60s")
+    report.set_defaults(func=run_report)
+
+
+def _add_compare_arguments(p: argparse.ArgumentParser) -> None:
+    defaults = RunSettings()
+    p.add_argument("--task", default="sentiment",
+                   help=f"built-in task ({', '.join(BUILTIN_TASKS)}) or a .csv/.jsonl file with text,label or "
+                        "prompt,completion columns (default: sentiment)")
+    p.add_argument("--methods", default=",".join(SURVEY_METHODS),
+                   help="comma-separated study methods: survey names (%(default)s) or id:field=value:... "
+                        "(e.g. lora:r=16:alpha=32)")
+    p.add_argument("--model", default=None,
+                   help="model alias (minilm, tiny-bert, smollm2, tiny-llama, efficientnet-lite0), local path or "
+                        "hub id (default: the task's model)")
+    p.add_argument("--train-sizes", default=DEFAULT_TRAIN_SIZES,
+                   help="comma-separated training-set sizes, 'all' for the whole pool (default: %(default)s)")
+    p.add_argument("--steps", type=int, default=defaults.steps, help="optimiser steps per run (default: %(default)s)")
+    p.add_argument("--seeds", type=int, default=1, help="number of seeds per configuration, 0..N-1 (default: 1)")
+    p.add_argument("--lr", action="append", default=[], metavar="METHOD=LR",
+                   help="learning rate override, repeatable or comma-separated: lora=2e-3, adapter=1e-3; a bare "
+                        "number sets every method not named")
+    p.add_argument("--batch-size", type=int, default=defaults.batch_size, help="(default: %(default)s)")
+    p.add_argument("--max-length", type=int, default=64, help="tokens per example (default: %(default)s)")
+    p.add_argument("--eval-every", type=int, default=defaults.eval_every,
+                   help="validation every k steps for the learning curve; 0 = end only (default: %(default)s)")
+    p.add_argument("--warmup", type=float, default=defaults.warmup, help="warmup fraction (default: %(default)s)")
+    p.add_argument("--device", default="auto", help="auto, cpu, cuda, cuda:N or mps (default: auto)")
+    p.add_argument("--budget", action="append", default=[], metavar="LIMIT",
+                   help="the report's budget question, repeatable: params=1%%, params=100k, memory=2000MB, time=60s")
+    p.add_argument("--out", type=Path, default=DEFAULT_OUT, help="output folder (default: %(default)s)")
+    p.add_argument("--test-size", type=int, default=None, help="held-out test examples (default: per task)")
+    p.add_argument("--validation-size", type=int, default=None, help="validation examples (default: per task)")
+    p.add_argument("--data-seed", type=int, default=0, help="seed of the fixed data split (default: 0)")
+    p.add_argument("--image-size", type=int, default=64, help="image side for the image task (default: 64)")
+    p.add_argument("--run-timeout", type=float, default=None, metavar="SECONDS",
+                   help="stop a run after this long and record it as failed")
+    p.add_argument("--retry-failed", action="store_true", help="re-run runs recorded as failed")
+    p.add_argument("--no-save-adapters", action="store_true", help="measure adapter size, then delete the files")
+    p.add_argument("--no-progress", action="store_true", help="no progress bars")
+    p.add_argument("--no-report", action="store_true", help="skip writing the report at the end")
+
+
+def study_from_args(args: argparse.Namespace) -> StudyConfig:
+    """The StudyConfig that `compare` runs (validates every option before anything starts)."""
+    task = TaskSpec(name=args.task, model=args.model, max_length=args.max_length, test_size=args.test_size,
+                    validation_size=args.validation_size, data_seed=args.data_seed, image_size=args.image_size)
+    settings = RunSettings(steps=args.steps, batch_size=args.batch_size, eval_every=args.eval_every,
+                           warmup=args.warmup, device=args.device, save_adapter=not args.no_save_adapters)
+    methods = resolve_methods([m for m in args.methods.split(",") if m.strip()], parse_lr_overrides(args.lr))
+    budget = tuple(b.text for b in parse_budgets(args.budget))
+    if args.seeds < 1:
+        from peftlab.study.errors import StudyError
+
+        raise StudyError(f"--seeds must be >= 1, got {args.seeds}")
+    return StudyConfig(task=task, methods=tuple(methods), train_sizes=parse_train_sizes(args.train_sizes),
+                       seeds=tuple(range(args.seeds)), settings=settings, budget=budget)
+
+
+def run_compare(args: argparse.Namespace) -> int:
+    """`peftlab compare`: run (or resume) the study, then write its report."""
+    from peftlab.study.progress import TqdmProgress
+    from peftlab.study.runner import run_study
+
+    study = study_from_args(args)
+    records = run_study(study, args.out, progress=TqdmProgress(disable=args.no_progress),
+                        retry_failed=args.retry_failed, run_timeout=args.run_timeout)
+    failed = sum(r["status"] != "ok" for r in records)
+    print(f"{len(records) - failed} runs ok, {failed} failed; results in {args.out / 'results.jsonl'}")
+    if not args.no_report:
+        return _write_report(args.out, None)
+    return 0
+
+
+def run_report(args: argparse.Namespace) -> int:
+    """`peftlab report DIR`."""
+    return _write_report(args.out, args.budget)
+
+
+def _write_report(out: Path, budget: list[str] | None) -> int:
+    from peftlab.study.report import build_report
+
+    md, page = build_report(out, budget)
+    print(f"report: {md} and {page}")
+    return 0

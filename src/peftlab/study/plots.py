@@ -1,0 +1,80 @@
+"""The report's figures (matplotlib, Agg backend, PNG): metric vs resources, learning curves, data size."""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from pathlib import Path
+
+from peftlab.study.analysis import Summary
+
+
+def _pyplot():  # noqa: ANN202  (matplotlib.pyplot, imported lazily with a file-only backend)
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    return plt
+
+
+def metric_vs(summaries: Sequence[Summary], field: str, xlabel: str, metric: str, path: Path, *,
+              log_x: bool = False) -> Path | None:
+    """Scatter of mean test metric (± std over seeds) against a resource; one labelled point per method."""
+    rows = [s for s in summaries if s.mean("test_metric") is not None and s.mean(field) is not None]
+    if not rows:
+        return None
+    plt = _pyplot()
+    fig, ax = plt.subplots(figsize=(7, 4.5))
+    for s in rows:
+        x, (y, dy) = s.values[field][0], s.values["test_metric"]
+        ax.errorbar(x, y, yerr=dy if dy else None, fmt="o", capsize=3)
+        ax.annotate(s.method, (x, y), textcoords="offset points", xytext=(5, 4), fontsize=8)
+    if log_x and all(s.mean(field) > 0 for s in rows):
+        ax.set_xscale("log")
+    ax.set(xlabel=xlabel, ylabel=f"test {metric}", title=f"test {metric} vs {xlabel}")
+    ax.grid(alpha=0.3)
+    return _save(fig, path)
+
+
+def learning_curves(summaries: Sequence[Summary], metric: str, path: Path) -> Path | None:
+    """Validation metric against training step, one line per method (mean over seeds)."""
+    rows = [s for s in summaries if s.curve]
+    if not rows:
+        return None
+    plt = _pyplot()
+    fig, ax = plt.subplots(figsize=(7, 4.5))
+    for s in rows:
+        ax.plot([p[0] for p in s.curve], [p[1] for p in s.curve], marker=".", label=s.method)
+    ax.set(xlabel="training step", ylabel=f"validation {metric}", title="learning curves")
+    ax.grid(alpha=0.3)
+    ax.legend(fontsize=7, ncol=2)
+    return _save(fig, path)
+
+
+def data_size(summaries: Sequence[Summary], metric: str, path: Path) -> Path | None:
+    """Test metric against the number of training examples, one line per method (needs several sizes)."""
+    by_method: dict[str, list[Summary]] = {}
+    for s in summaries:
+        if s.mean("test_metric") is not None and s.mean("train_examples"):
+            by_method.setdefault(s.method, []).append(s)
+    if not any(len(v) > 1 for v in by_method.values()):
+        return None
+    plt = _pyplot()
+    fig, ax = plt.subplots(figsize=(7, 4.5))
+    for method, rows in by_method.items():
+        rows = sorted(rows, key=lambda s: s.mean("train_examples"))
+        ax.errorbar([s.mean("train_examples") for s in rows], [s.mean("test_metric") for s in rows],
+                    yerr=[s.values["test_metric"][1] for s in rows], marker="o", capsize=3, label=method)
+    ax.set_xscale("log")
+    ax.set(xlabel="training examples", ylabel=f"test {metric}", title=f"test {metric} vs data size")
+    ax.grid(alpha=0.3)
+    ax.legend(fontsize=7, ncol=2)
+    return _save(fig, path)
+
+
+def _save(fig, path: Path) -> Path:  # noqa: ANN001
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fig.tight_layout()
+    fig.savefig(path, dpi=110)
+    _pyplot().close(fig)
+    return path
