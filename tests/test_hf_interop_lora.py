@@ -105,12 +105,22 @@ def _same_tensors(written: Path, rewritten: Path) -> None:
         torch.testing.assert_close(second[key], value, atol=1e-6, rtol=0, msg=lambda m, k=key: f"{k}: {m}")
 
 
+def _outputs(tiny: TinyModel, model: nn.Module) -> torch.Tensor:
+    """The model's output, plus the last hidden state for transformers (tiny heads give logits of ~0.01, too small
+    to show a wrong adapter at 1e-5), flattened into one vector."""
+    inputs = tiny.inputs()
+    if "input_ids" not in inputs:
+        return tiny.run(model).flatten()
+    out = model(**inputs, output_hidden_states=True)
+    return torch.cat([out.logits.flatten(), out.hidden_states[-1].flatten()])
+
+
 def _same_model(hf: nn.Module, ours: peftlab.AdaptedModel, tiny: TinyModel, base_out: torch.Tensor) -> None:
     """Equal outputs; equal merged weights; equal outputs of the merged plain models."""
     hf.eval()
     ours.eval()
     with torch.no_grad():
-        hf_out, ours_out = tiny.run(hf), tiny.run(ours)
+        hf_out, ours_out = _outputs(tiny, hf), _outputs(tiny, ours)
         assert not torch.allclose(hf_out, base_out, atol=1e-3), "the adapter does not change the output"
         torch.testing.assert_close(ours_out, hf_out, atol=ATOL, rtol=0)
         hf_plain, ours_plain = hf.merge_and_unload(), ours.merge_and_unload()
@@ -121,15 +131,15 @@ def _same_model(hf: nn.Module, ours: peftlab.AdaptedModel, tiny: TinyModel, base
         for key, value in hf_state.items():
             torch.testing.assert_close(ours_state[key], value, atol=ATOL, rtol=0,
                                        msg=lambda m, k=key: f"merged {k}: {m}")
-        torch.testing.assert_close(tiny.run(ours_plain), hf_out, atol=ATOL, rtol=0)
-        torch.testing.assert_close(tiny.run(hf_plain), hf_out, atol=ATOL, rtol=0)
+        torch.testing.assert_close(_outputs(tiny, ours_plain), hf_out, atol=ATOL, rtol=0)
+        torch.testing.assert_close(_outputs(tiny, hf_plain), hf_out, atol=ATOL, rtol=0)
 
 
 @pytest.mark.parametrize("case", CASES, ids=[c.id for c in CASES])
 def test_hf_saved_adapter_loads_in_peftlab(case: Case, tmp_path: Path) -> None:
     base = _base(case.tiny)
     with torch.no_grad():
-        base_out = case.tiny.run(base)
+        base_out = _outputs(case.tiny, base)
     hf = get_peft_model(copy.deepcopy(base), LoraConfig(**case.hf))
     _perturb(hf)
     hf.save_pretrained(tmp_path / "hf")
@@ -144,7 +154,7 @@ def test_hf_saved_adapter_loads_in_peftlab(case: Case, tmp_path: Path) -> None:
 def test_peftlab_saved_adapter_loads_in_hf(case: Case, tmp_path: Path) -> None:
     base = _base(case.tiny)
     with torch.no_grad():
-        base_out = case.tiny.run(base)
+        base_out = _outputs(case.tiny, base)
     ours = peftlab.adapt(copy.deepcopy(base), case.ours())
     _perturb(ours)
     ours.save(tmp_path / "ours")

@@ -24,6 +24,7 @@ from peftlab.core.layer import BaseCall
 from peftlab.core.registry import register
 from peftlab.core.targets import linear_types
 from peftlab.core.typology import AttachKind, MethodCard
+from peftlab.kernels.lora_linear import lora_linear
 from peftlab.core.bias_site import BiasDelta, has_bias
 
 INITS = ("default", "gaussian", "random")
@@ -180,15 +181,29 @@ class LoRALinear(LoRABiasMixin, nn.Module):
         self.dropout = nn.Dropout(dropout) if dropout > 0 else nn.Identity()
         self.scaling = scaling
         self.transposed = transposed
+        self.fused = True  # the fused kernel (kernels/lora_linear.py); False forces the readable path
         self._init_bias(module, train_bias)
 
     def forward(self, x: torch.Tensor, base: BaseCall) -> torch.Tensor:
+        if self.fused and self._can_fuse(x, base):
+            module = base.module
+            p = self.dropout.p if isinstance(self.dropout, nn.Dropout) else 0.0
+            return lora_linear(x, module.weight, module.bias, self.lora_A.weight, self.lora_B.weight, self.scaling,
+                               p, self.training)
         result = base(x)
         a = self.lora_A.weight
         update = F.linear(F.linear(self.dropout(x.to(a.dtype)), a), self.lora_B.weight) * self.scaling
         if self.bias_delta is not None:
             update = update + self.bias_delta
         return result + update.to(result.dtype)
+
+    def _can_fuse(self, x: torch.Tensor, base: BaseCall) -> bool:
+        """The fused kernel covers a bare, frozen nn.Linear with adapter and input in the base's dtype."""
+        module = base.module
+        return (base.is_plain and type(module) is nn.Linear and self.bias_delta is None
+                and not module.weight.requires_grad and (module.bias is None or not module.bias.requires_grad)
+                and x.dtype == module.weight.dtype == self.lora_A.weight.dtype
+                and not torch.is_autocast_enabled(x.device.type))
 
     def delta_weight(self) -> torch.Tensor:
         """ΔW in the base weight's layout: (d_out, d_in), or (d_in, d_out) when transposed."""

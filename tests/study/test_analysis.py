@@ -1,0 +1,46 @@
+"""Summaries over seeds, Pareto sets and the budget answer, on hand-written result records."""
+
+from __future__ import annotations
+
+import pytest
+
+from peftlab.study.analysis import best_balance, best_under, pareto, summarise
+from peftlab.study.budget import parse_budgets
+
+
+def record(method: str, seed: int, acc: float, params: int, memory: float, seconds: float) -> dict:
+    return {"run_id": f"{method}-{seed}", "method": method, "method_id": method, "train_size": 100, "seed": seed,
+            "status": "ok", "test_metric": acc, "trainable_params": params, "trainable_percent": params / 1e4,
+            "peak_memory_mb": memory, "train_seconds": seconds, "curve_metric": "accuracy",
+            "curve": [{"step": 5, "accuracy": acc - 0.1}, {"step": 10, "accuracy": acc}]}
+
+
+RECORDS = [
+    record("full", 0, 0.80, 1_000_000, 900, 50), record("full", 1, 0.82, 1_000_000, 900, 52),
+    record("lora", 0, 0.80, 10_000, 600, 30), record("lora", 1, 0.80, 10_000, 600, 30),
+    record("bitfit", 0, 0.70, 1_000, 580, 25), record("bitfit", 1, 0.72, 1_000, 580, 25),
+    record("slow", 0, 0.60, 50_000, 950, 99),
+    {"run_id": "broken-0", "method": "broken", "method_id": "broken", "train_size": 100, "seed": 0,
+     "status": "failed", "error": "ConfigError: unknown method"},
+]
+
+
+def test_mean_and_std_over_seeds() -> None:
+    rows = {s.method: s for s in summarise(RECORDS, ["full", "lora"])}
+    assert list(rows)[:2] == ["full", "lora"]
+    assert rows["full"].values["test_metric"][0] == pytest.approx(0.81)
+    assert rows["full"].values["test_metric"][1] == pytest.approx(0.01414, abs=1e-4)
+    assert rows["broken"].ok == 0 and rows["broken"].failed == 1 and "unknown" in rows["broken"].errors[0]
+    assert rows["lora"].curve == [(5, pytest.approx(0.7)), (10, pytest.approx(0.8))]
+
+
+def test_pareto_best_balance_and_budget() -> None:
+    rows = summarise(RECORDS)
+    assert {s.method for s in pareto(rows, ["trainable_params"], True)} == {"full", "lora", "bitfit"}
+    assert {s.method for s in pareto(rows, ["trainable_params", "peak_memory_mb", "train_seconds"], True)} == \
+        {"full", "lora", "bitfit"}
+    pick, tol = best_balance(rows, "accuracy", True)
+    assert pick.method == "lora" and tol == 0.01  # within 1 point of full, 100x fewer parameters
+    assert best_under(rows, parse_budgets(["params=5k"]), True).method == "bitfit"
+    assert best_under(rows, parse_budgets(["params=1%"]), True).method == "lora"
+    assert best_under(rows, parse_budgets(["memory=100MB"]), True) is None

@@ -1,0 +1,58 @@
+"""End to end through the CLI: a miniature study, its report, resuming, and failed runs that do not stop it."""
+
+from __future__ import annotations
+
+import time
+from pathlib import Path
+
+from tests.study.conftest import MINI, read_results, run_cli
+
+
+def test_mini_study_resume_and_failures(tmp_path: Path) -> None:
+    out = tmp_path / "study"
+    assert run_cli("compare", *MINI, "--methods", "full,lora", "--budget", "params=5%", "--out", str(out)) == 0
+
+    records = read_results(out)
+    assert [r["method"] for r in records] == ["full", "lora"]
+    for r in records:
+        assert r["status"] == "ok", r["error"]
+        assert 0.0 <= r["test_metric"] <= 1.0 and r["metric"] == "accuracy"
+        assert r["trainable_params"] > 0 and 0 < r["trainable_percent"] <= 100
+        assert r["peak_memory_mb"] > 0 and r["train_seconds"] > 0 and r["median_step_seconds"] > 0
+        assert [p["step"] for p in r["curve"]] == [2, 4]
+        assert r["adapter_bytes"] > 0 and Path(r["adapter_path"], "adapter_config.json").exists()
+        assert r["latency"]["unmerged_ms"] > 0
+        assert r["versions"]["torch"] and r["hardware"]["cpu_count"]
+        assert r["config"]["method"]["method"] == r["method_id"]
+    full, lora = records
+    assert full["trainable_percent"] == 100.0 and lora["trainable_percent"] < 5
+    assert lora["delta_vs_full"] == lora["test_metric"] - full["test_metric"]
+    assert lora["mergeable"] and lora["latency"]["merged_ms"] > 0
+
+    md = (out / "report.md").read_text()
+    assert "| lora |" in md and "| full |" in md and "Best under your budget" in md
+    page = (out / "report.html").read_text()
+    assert "data:image/png;base64," in page and "<table>" in page
+    assert (out / "plots" / "metric_vs_params.png").exists()
+
+    # resume: the same command again runs nothing
+    start = time.perf_counter()
+    assert run_cli("compare", *MINI, "--methods", "full,lora", "--out", str(out)) == 0
+    assert len(read_results(out)) == 2 and time.perf_counter() - start < 15
+
+    # failures are recorded with their reason and the study goes on: an unknown method id, and a learning rate
+    # so large that the loss becomes NaN; the finished runs are still skipped.
+    assert run_cli("compare", *MINI, "--methods", "full,nosuchmethod,lora,bitfit", "--lr", "bitfit=1e30",
+                   "--out", str(out)) == 0
+    records = {r["method"]: r for r in read_results(out)}
+    assert len(read_results(out)) == 4
+    assert records["nosuchmethod"]["status"] == "failed" and "nosuchmethod" in records["nosuchmethod"]["error"]
+    assert records["nosuchmethod"]["failed_phase"] == "adapt"
+    assert records["bitfit"]["status"] == "failed" and "non-finite" in records["bitfit"]["error"]
+    assert records["bitfit"]["failed_phase"] == "train"
+
+    # the report is rebuilt from stored results alone, and lists the failures
+    (out / "report.md").unlink()
+    assert run_cli("report", str(out), "--budget", "params=1k") == 0
+    md = (out / "report.md").read_text()
+    assert "## Failed runs" in md and "non-finite" in md and "| nosuchmethod |" in md
