@@ -146,12 +146,14 @@ def machine() -> list[str]:
 
 
 def render(models: Sequence[str], configs: Sequence[str], results: Results, settings: Settings, rounds: int,
-           command: str) -> str:
-    """The whole Markdown report."""
+           command: str, load: tuple[float, float]) -> str:
+    """The whole Markdown report; `load` is the 1-minute load average at the start and at the end of the run."""
     lines = ["# Benchmarks: peftlab vs Hugging Face PEFT", "",
              f"Measured {datetime.datetime.now().strftime('%Y-%m-%d %H:%M')}.", *machine(),
              f"- torch threads: {settings.threads}; warmup {settings.warmup}, repeats {settings.repeats} per process, "
              f"{rounds} round(s), each configuration in its own process{'; QUICK mode (tiny shapes)' if settings.quick else ''}",
+             f"- load average (1 min) at start / end: {load[0]:.2f} / {load[1]:.2f} (other work on the machine "
+             "adds noise; every configuration of a model saw the same conditions, interleaved)",
              f"- command: `{command}`", "",
              "Times are medians over all measured steps; a step is forward + backward + AdamW step (the floor has no "
              "optimizer: forward + backward to the input embeddings only, all weights frozen). RSS is the process's "

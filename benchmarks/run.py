@@ -10,6 +10,7 @@ Jobs run one at a time, each in its own process; progress goes to stderr, the re
 from __future__ import annotations
 
 import argparse
+import os
 import shlex
 import sys
 import time
@@ -58,6 +59,7 @@ def main(argv: list[str] | None = None) -> int:
     settings = Settings(warmup=args.warmup, repeats=args.repeats, threads=args.threads, quick=args.quick,
                         timeout_s=args.timeout)
     jobs = plan(args.models, args.configs, args.rounds)
+    load_start = os.getloadavg()[0]
     runs = []
     for i, job in enumerate(jobs, 1):
         t0 = time.perf_counter()
@@ -68,7 +70,8 @@ def main(argv: list[str] | None = None) -> int:
         print(f"[{i}/{len(jobs)}] {job.model} {job.config} {job.library} (round {job.round}): {result['status']} "
               f"{shown} ({time.perf_counter() - t0:.0f} s)", file=sys.stderr, flush=True)
     command = shlex.join(["python", "-m", "benchmarks.run", *argv])
-    report = render(args.models, args.configs, pool(runs), settings, args.rounds, command)
+    report = render(args.models, args.configs, pool(runs), settings, args.rounds, command,
+                    (load_start, os.getloadavg()[0]))
     print(report)
     if args.out is not None:
         args.out.parent.mkdir(parents=True, exist_ok=True)

@@ -18,7 +18,7 @@ def test_sentiment_and_topic_data() -> None:
     assert sentiment.label_names == ["negative", "neutral", "positive"] and len(sentiment.examples) > 38_000
     topics = text.bbc_topics()
     assert len(topics.examples) == 2225 and topics.label_names == ["business", "entertainment", "politics",
-                                                                   "sport", "tech"]
+                                                                   "sports", "tech"]
 
 
 def test_dialogue_and_arithmetic_data() -> None:

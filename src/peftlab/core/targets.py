@@ -97,7 +97,8 @@ def modules_to_save_for(model: nn.Module, config: "MethodConfig") -> tuple[str, 
 
 def select_modules(model: nn.Module, config: "MethodConfig") -> dict[str, nn.Module]:
     """The modules `config` adapts in `model`, by name. Raises TargetError when the spec does not fit the model."""
-    targets = config.targets if config.targets is not None else config.default_targets
+    # Types alone select by type; otherwise a method's default targets stand in for missing ones.
+    targets = config.targets if config.targets is not None or config.target_types else config.default_targets
     saved = modules_to_save_for(model, config)
     named = [(n, m) for n, m in candidate_modules(model) if not name_matches(n, saved) and
              not any(n.startswith(s + ".") for s in saved)]

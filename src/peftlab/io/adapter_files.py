@@ -99,6 +99,8 @@ def _metadata(weights_file: Path) -> dict[str, str]:
 def load_adapter_into(model: "AdaptedModel", folder: Path, name: str) -> None:
     """Add the adapter stored in `folder` to `model` under `name`; on any mismatch nothing is left attached."""
     config = read_adapter_config(folder)
+    if "peftlab_config" not in _metadata(folder / WEIGHTS_NAME):
+        config = _present_modules_to_save(config, model.base_model)
     try:
         model.add_adapter(name, config)
     except PeftlabError as err:
@@ -110,6 +112,19 @@ def load_adapter_into(model: "AdaptedModel", folder: Path, name: str) -> None:
     except BaseException:
         model.delete_adapter(name)
         raise
+
+
+def _present_modules_to_save(config: MethodConfig, model: torch.nn.Module) -> MethodConfig:
+    """Hugging Face PEFT ignores modules_to_save entries that name no module of the model (its SEQ_CLS task always
+    writes ["classifier", "score"]); its files are read the same way. Saved tensors are still checked one by one."""
+    from peftlab.core.targets import name_matches
+
+    wanted = getattr(config, "modules_to_save", None)
+    if not wanted:
+        return config
+    names = [n for n, _ in model.named_modules() if n]
+    present = tuple(key for key in wanted if any(name_matches(n, (key,)) for n in names))
+    return config if present == wanted else config.replace(modules_to_save=present)
 
 
 def _load_tensors(model: "AdaptedModel", name: str, weights_file: Path) -> None:

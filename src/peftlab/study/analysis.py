@@ -125,7 +125,7 @@ def best_balance(summaries: Sequence[Summary], metric: str, higher_is_better: bo
     pick = max if higher_is_better else min
     best = pick(s.mean("test_metric") for s in rows)
     tol = tolerance(metric, best)
-    close = [s for s in rows if abs(s.mean("test_metric") - best) <= tol]
+    close = [s for s in rows if abs(s.mean("test_metric") - best) <= tol + 1e-12]
     return min(close, key=lambda s: (s.mean("trainable_params") or math.inf, s.mean("peak_memory_mb") or math.inf)), tol
 
 

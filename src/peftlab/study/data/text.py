@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import csv
+from pathlib import Path
 
 from peftlab.study.data.assets import asset_file, package_dir
 from peftlab.study.data.examples import Labeled, LabeledData
@@ -26,6 +27,15 @@ def bbc_topics() -> LabeledData:
     examples = []
     for label, name in enumerate(labels):
         for file in sorted((root / name).glob("*.txt")):
-            text = " ".join(file.read_text(encoding="latin-1").split())
+            text = " ".join(_read_text(file).split())
             examples.append(Labeled(text, label))
     return LabeledData(examples, labels)
+
+
+def _read_text(path: Path) -> str:
+    """UTF-8 (most BBC files), falling back to latin-1 for the few that are not."""
+    raw = path.read_bytes()
+    try:
+        return raw.decode("utf-8")
+    except UnicodeDecodeError:
+        return raw.decode("latin-1")
