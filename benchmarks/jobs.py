@@ -11,9 +11,10 @@ from pathlib import Path
 from typing import Any
 
 from benchmarks.configs import METHODS
-from benchmarks.worker import RESULT_PREFIX
 
 REPO = Path(__file__).resolve().parent.parent
+RESULT_PREFIX = "RESULT "  # the worker's last stdout line: RESULT <json>
+LIBRARY_NAMES = {"hf": "HF PEFT", "peftlab": "peftlab", "torch": "torch", "floor": "torch", "base": "torch"}
 
 
 @dataclasses.dataclass(frozen=True)

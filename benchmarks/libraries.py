@@ -7,15 +7,15 @@ Hugging Face PEFT is used only through its public API (`get_peft_model`, `PeftMo
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Any
-
-from torch import nn
+from typing import TYPE_CHECKING, Any
 
 from benchmarks.configs import MethodSpec
 from benchmarks.models import ModelPreset
 
+if TYPE_CHECKING:
+    from torch import nn
+
 LIBRARIES = ("hf", "peftlab")
-LIBRARY_NAMES = {"hf": "HF PEFT", "peftlab": "peftlab", "torch": "torch", "floor": "torch", "base": "torch"}
 
 
 class Skip(Exception):

@@ -4,9 +4,8 @@ from __future__ import annotations
 
 import dataclasses
 import resource
-import statistics
 import time
-from collections.abc import Callable, Iterable
+from collections.abc import Callable
 
 import torch
 from torch import nn
@@ -17,12 +16,6 @@ Batch = dict[str, torch.Tensor]
 def peak_rss_mb() -> float:
     """This process's peak resident set size so far, in MB (Linux reports ru_maxrss in KiB)."""
     return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
-
-
-def median(values: Iterable[float]) -> float:
-    """The median, or NaN for no values."""
-    values = list(values)
-    return statistics.median(values) if values else float("nan")
 
 
 @dataclasses.dataclass

@@ -11,9 +11,11 @@ from __future__ import annotations
 
 import dataclasses
 from collections.abc import Callable
+from typing import TYPE_CHECKING
 
-import torch
-from torch import nn
+if TYPE_CHECKING:  # torch is imported lazily: the parent process of a run only plans and reports
+    import torch
+    from torch import nn
 
 LLAMA_ALL_LINEAR = ("q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj")
 BERT_ALL_LINEAR = ("query", "key", "value", "dense")  # "dense": attention/FFN outputs, intermediate and pooler
@@ -34,6 +36,8 @@ class ModelPreset:
 
     def batch(self, model: nn.Module, quick: bool) -> dict[str, torch.Tensor]:
         """A fixed random batch of token ids (and labels) for this model; quick mode uses 2 x 32 tokens."""
+        import torch
+
         size, length = (2, 32) if quick else (self.batch_size, self.seq_len)
         gen = torch.Generator().manual_seed(1234)
         vocab = model.config.vocab_size
@@ -76,6 +80,7 @@ def build_minilm() -> nn.Module:
 
 def build_smollm2() -> nn.Module:
     """SmolLM2-135M-Instruct in float32 from the cached safetensors copy (converted from the gguf once)."""
+    import torch
     from transformers import AutoModelForCausalLM
 
     from peftlab.study.models import smollm2_path
@@ -110,6 +115,7 @@ def get_preset(name: str) -> ModelPreset:
 
 def build_model(preset: ModelPreset) -> nn.Module:
     """The preset's model, built from seed 0 so every process gets the same weights, in train mode."""
+    import torch
     from transformers.utils import logging
 
     logging.set_verbosity_error()

@@ -3,20 +3,27 @@
 from __future__ import annotations
 
 import datetime
+import importlib.metadata
 import math
 import os
 import platform
+import statistics
+from collections.abc import Iterable
 from collections.abc import Sequence
 from typing import Any
 
 from benchmarks.configs import INFERENCE, title
-from benchmarks.jobs import Job, Settings, libraries_for
-from benchmarks.libraries import LIBRARY_NAMES
-from benchmarks.measure import median
+from benchmarks.jobs import LIBRARY_NAMES, Job, Settings, libraries_for
 from benchmarks.models import get_preset
 
 Result = dict[str, Any]
 Results = dict[tuple[str, str, str], Result]  # (model, config, library) -> result pooled over rounds
+
+
+def median(values: Iterable[float]) -> float:
+    """The median, or NaN for no values."""
+    values = list(values)
+    return statistics.median(values) if values else math.nan
 
 
 def pool(runs: Sequence[tuple[Job, Result]]) -> Results:
@@ -123,26 +130,23 @@ def switching_rows(model: str, results: Results) -> list[Sequence[object]]:
 
 
 def machine() -> list[str]:
-    """The machine and software versions, as Markdown bullet lines."""
-    import peft
-    import torch
-    import transformers
-
+    """The machine and software versions, as Markdown bullet lines (read without importing the libraries)."""
     cpu = platform.processor() or "unknown"
     try:
         with open("/proc/cpuinfo") as f:
             cpu = next(line.split(":", 1)[1].strip() for line in f if line.startswith("model name"))
     except (OSError, StopIteration):
         pass
-    try:
-        import peftlab
-
-        peftlab_version = peftlab.__version__
-    except ImportError:
-        peftlab_version = "not importable"
+    versions = ", ".join(f"{name} {_version(name)}" for name in ("torch", "transformers", "peft", "peftlab"))
     return [f"- CPU: {cpu}, {os.cpu_count()} cores; {platform.platform()}; Python {platform.python_version()}",
-            f"- torch {torch.__version__}, transformers {transformers.__version__}, peft {peft.__version__}, "
-            f"peftlab {peftlab_version}"]
+            f"- {versions}"]
+
+
+def _version(distribution: str) -> str:
+    try:
+        return importlib.metadata.version(distribution)
+    except importlib.metadata.PackageNotFoundError:
+        return "not installed"
 
 
 def render(models: Sequence[str], configs: Sequence[str], results: Results, settings: Settings, rounds: int,

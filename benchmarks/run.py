@@ -38,7 +38,8 @@ def parse_args(argv: list[str]) -> argparse.Namespace:
     parser.add_argument("--warmup", type=int, default=None, help="unmeasured steps first (default 2; quick 1)")
     parser.add_argument("--rounds", type=int, default=None,
                         help="processes per configuration, alternating the order (default 2; quick 1)")
-    parser.add_argument("--threads", type=int, default=2, help="torch.set_num_threads in every worker (default 2)")
+    parser.add_argument("--threads", type=int, default=None,
+                        help="torch.set_num_threads in every worker (default 2; quick 1)")
     parser.add_argument("--quick", action="store_true", help="tiny batches (2 x 32) and few repeats: a plumbing check")
     parser.add_argument("--timeout", type=float, default=3600.0, help="seconds allowed per worker process")
     parser.add_argument("--out", type=Path, default=None, help="also write the Markdown report here")
@@ -46,10 +47,10 @@ def parse_args(argv: list[str]) -> argparse.Namespace:
     for name in args.models:
         get_preset(name)
     check_configs(args.configs)
-    quick_defaults, full_defaults = (2, 1, 1), (5, 2, 2)
-    defaults = quick_defaults if args.quick else full_defaults
-    args.repeats, args.warmup, args.rounds = (given if given is not None else default for given, default in
-                                              zip((args.repeats, args.warmup, args.rounds), defaults))
+    defaults = {"repeats": (5, 2), "warmup": (2, 1), "rounds": (2, 1), "threads": (2, 1)}  # (full, quick)
+    for name, (full, quick) in defaults.items():
+        if getattr(args, name) is None:
+            setattr(args, name, quick if args.quick else full)
     return args
 
 

@@ -15,11 +15,9 @@ import torch
 
 from benchmarks import inference, libraries
 from benchmarks.configs import METHODS
+from benchmarks.jobs import RESULT_PREFIX
 from benchmarks.measure import peak_rss_mb, time_floor, time_training
 from benchmarks.models import build_model, get_preset
-
-RESULT_PREFIX = "RESULT "
-
 
 def measure(job: dict[str, Any]) -> dict[str, Any]:
     """Build the job's model, apply its configuration, time it; a dict of raw measurements."""

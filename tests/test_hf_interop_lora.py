@@ -12,6 +12,7 @@ keys, and that merge_and_unload on both sides yields the same plain weights.
 from __future__ import annotations
 
 import copy
+import dataclasses
 import json
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -34,6 +35,15 @@ TINY = {m.name: m for m in MODELS}
 BERT, GPT2, CONVNET = TINY["bert"], TINY["gpt2"], TINY["convnet"]
 LLAMA = TinyModel("llama", tiny_llama, BERT.inputs)  # same token batch, right-padded second row
 ATOL = 1e-5
+
+
+@pytest.fixture(autouse=True, scope="module")
+def _one_thread() -> Any:
+    """Tiny matmuls gain nothing from threads; on a busy 2-core machine two threads make each one ~100x slower."""
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(threads)
 
 
 @dataclass(frozen=True)
@@ -79,8 +89,15 @@ CASES = [
 
 
 def _base(tiny: TinyModel) -> nn.Module:
-    """The seeded base model; each library gets its own deepcopy of it."""
-    return tiny.make(seed=0)
+    """The seeded base model; each library gets its own deepcopy of it. transformers initialises biases to zero, which
+    would hide a file holding the bias delta instead of the absolute bias (bias="lora_only"): make them non-zero."""
+    model = tiny.make(seed=0)
+    g = torch.Generator().manual_seed(2)
+    with torch.no_grad():
+        for name, param in model.named_parameters():
+            if name.endswith("bias"):
+                param.add_(torch.randn(param.shape, generator=g) * 0.1)
+    return model
 
 
 def _perturb(model: nn.Module, seed: int = 3) -> None:
@@ -158,6 +175,8 @@ def test_peftlab_saved_adapter_loads_in_hf(case: Case, tmp_path: Path) -> None:
     ours = peftlab.adapt(copy.deepcopy(base), case.ours())
     _perturb(ours)
     ours.save(tmp_path / "ours")
+    written = json.loads((tmp_path / "ours" / "adapter_config.json").read_text())
+    assert set(written) <= {f.name for f in dataclasses.fields(LoraConfig)}, "keys Hugging Face PEFT does not know"
 
     hf = PeftModel.from_pretrained(copy.deepcopy(base), tmp_path / "ours")
     hf.save_pretrained(tmp_path / "hf")

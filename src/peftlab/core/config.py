@@ -78,6 +78,9 @@ class MethodConfig:
 
     card: ClassVar[MethodCard]
     default_targets: ClassVar[TargetSpec] = None
+    # Where adapter files put tensors living at a module: "<file_prefix><module path>.<key>". Hugging Face PEFT's
+    # prompt-learning methods (prompt and prefix tuning) wrap the model one level less deep and use "base_model.".
+    file_prefix: ClassVar[str] = "base_model.model."
 
     targets: TargetSpec = None
     target_types: tuple[str, ...] = ()

@@ -58,7 +58,16 @@ class MergeableSite(Protocol):
 
 @runtime_checkable
 class ModelAdapter(Protocol):
-    """A model-level adapter (input-side methods): rewrites the model's call arguments before it runs."""
+    """A model-level adapter (input-side methods): rewrites the model's call arguments before it runs.
+
+    Optional members, used when present:
+        finish(output) -> output: rewrites the base model's output after the call (e.g. drops the positions of
+            virtual tokens); called for the adapters whose `prepare` ran in that call, last first.
+        export_state(base_model) / import_state(state, base_model): the tensors saved for it, under bare file keys,
+            as for sites (default: its state_dict).
+        file_config() -> dict: entries added to adapter_config.json that depend on the base model (task_type,
+            token_dim, ...).
+    """
 
     def prepare(self, args: tuple, kwargs: dict[str, Any]) -> tuple[tuple, dict[str, Any]]: ...
 

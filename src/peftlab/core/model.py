@@ -42,6 +42,8 @@ class AdaptedModel(nn.Module):
         self._active: tuple[str, ...] = ()
         self._enabled = True
         self._hook: Any = None
+        self._finish_hook: Any = None
+        self._prepared: tuple[str, ...] = ()  # model adapters whose prepare() ran in the current call
         self.train(base_model.training)
         for param in base_model.parameters():
             param.requires_grad_(False)
@@ -57,12 +59,22 @@ class AdaptedModel(nn.Module):
             return getattr(self._modules["base_model"], name)
 
     def _prepare_inputs(self, module: nn.Module, args: tuple, kwargs: dict) -> tuple[tuple, dict] | None:
+        self._prepared = ()
         if not self._enabled:
             return None
-        for name in self._active:
-            if name in self.model_adapters:
-                args, kwargs = self.model_adapters[name].prepare(args, kwargs)
+        prepared = tuple(name for name in self._active if name in self.model_adapters)
+        for name in prepared:
+            args, kwargs = self.model_adapters[name].prepare(args, kwargs)
+        self._prepared = prepared
         return args, kwargs
+
+    def _finish_outputs(self, module: nn.Module, args: tuple, output: Any) -> Any:
+        prepared, self._prepared = self._prepared, ()
+        for name in reversed(prepared):
+            finish = getattr(self.model_adapters[name], "finish", None) if name in self.model_adapters else None
+            if finish is not None:
+                output = finish(output)
+        return output
 
     # --- adapters -----------------------------------------------------------------------------------------------
     @property
@@ -250,9 +262,10 @@ class AdaptedModel(nn.Module):
         """Remove every adapter (merged ones stay folded in) and return the base model."""
         for path in attach.adapted_layers(self.base_model):
             attach.unwrap(self.base_model, path)
-        if self._hook is not None:
-            self._hook.remove()
-            self._hook = None
+        for hook in (self._hook, self._finish_hook):
+            if hook is not None:
+                hook.remove()
+        self._hook = self._finish_hook = None
         self.configs.clear()
         self._sites.clear()
         self._active = ()
@@ -261,6 +274,7 @@ class AdaptedModel(nn.Module):
     def _ensure_hook(self) -> None:
         if self._hook is None:
             self._hook = self.base_model.register_forward_pre_hook(self._prepare_inputs, with_kwargs=True)
+            self._finish_hook = self.base_model.register_forward_hook(self._finish_outputs)
 
     # --- counting -----------------------------------------------------------------------------------------------
     def trainable_parameters(self) -> int:

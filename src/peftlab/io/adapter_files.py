@@ -1,7 +1,9 @@
 """Adapter folders in Hugging Face PEFT's layout: adapter_config.json + adapter_model.safetensors.
 
 Tensor keys are "base_model.model.<module path>.<site key>" for tensors living at a module (lora_A.weight,
-lora_magnitude_vector, a saved head's weight, ...) and bare names for model-level tensors (prompt_embeddings).
+lora_magnitude_vector, a saved head's weight, ...; the prefix is the method config's `file_prefix`) and bare names for
+model-level tensors (prompt_embeddings). A model-level adapter may add base-model-dependent entries to
+adapter_config.json through `file_config()`.
 Only JSON and safetensors are ever read. Our full config travels in the safetensors metadata ("peftlab_config"), so
 options Hugging Face PEFT lacks survive a round trip without adding unknown keys to adapter_config.json.
 """
@@ -33,12 +35,13 @@ PREFIX = "base_model.model."
 
 def adapter_tensors(model: "AdaptedModel", name: str) -> dict[str, torch.Tensor]:
     """Every tensor of one adapter under its file key."""
+    prefix = model.configs[name].file_prefix
     tensors: dict[str, torch.Tensor] = {}
     for path, (site, module) in model.site_adapters(name).items():
         for key, value in export_state(site, module).items():
-            tensors[f"{PREFIX}{path}.{key}"] = value
+            tensors[f"{prefix}{path}.{key}"] = value
     if name in model.model_adapters:
-        tensors.update(model.model_adapters[name].state_dict())
+        tensors.update(export_state(model.model_adapters[name], model.base_model))
     return tensors
 
 
@@ -49,10 +52,13 @@ def save_adapter(model: "AdaptedModel", name: str, folder: Path) -> None:
     sites = sorted(p for p, k in kinds.items() if k == "method")
     saved = sorted(p for p, k in kinds.items() if k == "saved")
     file_config = config.to_file_config(sites, saved)
+    extra = getattr(model.model_adapters[name], "file_config", None) if name in model.model_adapters else None
+    if extra is not None:
+        file_config.update(extra())
     file_config["base_model_name_or_path"] = getattr(getattr(model.base_model, "config", None), "_name_or_path", None)
-    file_config["peftlab_version"] = peftlab.__version__
     tensors = {k: v.detach().to("cpu").contiguous().clone() for k, v in adapter_tensors(model, name).items()}
-    metadata = {"format": "pt", "peftlab_config": json.dumps(config.to_dict())}
+    # Our own keys go to the safetensors metadata: Hugging Face PEFT warns about unknown adapter_config.json keys.
+    metadata = {"format": "pt", "peftlab_config": json.dumps(config.to_dict()), "peftlab_version": peftlab.__version__}
     folder.mkdir(parents=True, exist_ok=True)
     with atomic_path(folder / WEIGHTS_NAME) as tmp:
         save_file(tensors, str(tmp), metadata=metadata)
@@ -143,22 +149,23 @@ def _load_tensors(model: "AdaptedModel", name: str, weights_file: Path) -> None:
                 raise AdapterLoadError(f"{weights_file.name}: tensor {key!r} has shape {shape}, but this model needs "
                                        f"{tuple(target.shape)}; the adapter was made for a base model of another size")
         tensors = {k: handle.get_tensor(k) for k in file_keys}
+    prefix = model.configs[name].file_prefix
     by_site: dict[str, dict[str, torch.Tensor]] = {}
     for key, value in tensors.items():
-        if key.startswith(PREFIX):
+        if key.startswith(prefix):
             path = _owner(key, model, name)
-            by_site.setdefault(path, {})[key[len(PREFIX) + len(path) + 1:]] = value
+            by_site.setdefault(path, {})[key[len(prefix) + len(path) + 1:]] = value
     for path, (site, module) in model.site_adapters(name).items():
         import_state(site, _on(by_site.get(path, {}), site), module)
     if name in model.model_adapters:
         adapter = model.model_adapters[name]
-        own = {k: v for k, v in tensors.items() if not k.startswith(PREFIX)}
-        adapter.load_state_dict(_on(own, adapter))
+        own = {k: v for k, v in tensors.items() if not k.startswith(prefix)}
+        import_state(adapter, _on(own, adapter), model.base_model)
 
 
 def _owner(key: str, model: "AdaptedModel", name: str) -> str:
     """The longest adapted module path that prefixes a file key."""
-    body = key[len(PREFIX):]
+    body = key[len(model.configs[name].file_prefix):]
     return max((p for p in model.site_kinds(name) if body.startswith(p + ".")), key=len, default="")
 
 

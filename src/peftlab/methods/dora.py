@@ -21,6 +21,7 @@ from peftlab.core.registry import register
 from peftlab.core.targets import linear_types
 from peftlab.core.typology import AttachKind, MethodCard
 from peftlab.core.bias_site import BiasDelta
+from peftlab.kernels.dora_linear import DoRALinearFunction
 from peftlab.methods.lora import LoRA, LoRALinear
 
 
@@ -63,6 +64,11 @@ class DoRALinear(LoRALinear):
         return torch.linalg.norm(w + delta, dim=1)
 
     def forward(self, x: torch.Tensor, base: BaseCall) -> torch.Tensor:
+        no_dropout = isinstance(self.dropout, nn.Identity) or not self.training
+        if self.fused and no_dropout and self._can_fuse(x, base):
+            module = base.module
+            return DoRALinearFunction.apply(x, module.weight, module.bias, self.lora_A.weight, self.lora_B.weight,
+                                            self.lora_magnitude_vector, self.scaling)
         result = base(x)
         a = self.lora_A.weight
         module = base.module

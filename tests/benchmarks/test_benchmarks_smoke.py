@@ -1,0 +1,39 @@
+"""Smoke test of the benchmark harness: quick mode, a minuscule Llama, two configurations. Never asserts timings."""
+
+from __future__ import annotations
+
+import subprocess
+import sys
+from pathlib import Path
+
+REPO = Path(__file__).resolve().parents[2]
+
+
+def _training_rows(report: str) -> list[list[str]]:
+    """The data rows of the first table (training), as lists of cells."""
+    lines = report.splitlines()
+    start = next(i for i, line in enumerate(lines) if line.startswith("| configuration |"))
+    rows = []
+    for line in lines[start + 2:]:
+        if not line.startswith("|"):
+            break
+        rows.append([cell.strip() for cell in line.strip("|").split("|")])
+    return rows
+
+
+def test_quick_run_writes_the_table(tmp_path: Path) -> None:
+    out = tmp_path / "bench.md"
+    command = [sys.executable, "-m", "benchmarks.run", "--quick", "--models", "llama-tiny",
+               "--configs", "floor,lora_qv", "--out", str(out)]
+    proc = subprocess.run(command, cwd=REPO, capture_output=True, text=True, timeout=300)
+    assert proc.returncode == 0, proc.stderr
+    report = out.read_text()
+    assert report.strip() == proc.stdout.strip()
+    assert "## llama-tiny" in report and "torch " in report and "peft " in report
+    rows = _training_rows(report)
+    assert [(r[0].split(":")[0], r[1]) for r in rows] == [
+        ("floor", "torch"), ("LoRA r=8 q,v (dropout 0.05)", "HF PEFT"), ("LoRA r=8 q,v (dropout 0.05)", "peftlab")]
+    for row in rows:
+        assert row[-1] == "", f"not measured: {row}"  # the note column is empty for a measured row
+    assert rows[1][2] == rows[2][2] != "—", "both libraries train the same number of parameters"
+    assert rows[2][6].endswith("×"), "peftlab's row has a ratio to HF PEFT"
