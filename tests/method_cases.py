@@ -22,6 +22,24 @@ CASES: dict[tuple[str, str], Any] = {
     ("dora", "gpt2"): {"targets": ["c_attn", "c_fc"]},
     ("full", "gpt2"): {"exclude": ["wte"]},  # tied to lm_head: merging is refused (test_merge_into_tied_weights...)
     ("lora", "bert"): {"targets": ["query", "value", "word_embeddings"], "bias": "lora_only"},
+    # ia3 and adapter default to architecture-specific names; plain PyTorch models name their layers.
+    ("ia3", "mlp"): {"targets": ["fc1", "fc2"]},  # fc2 is a feed-forward site by name: scales its input
+    ("ia3", "convnet"): {"targets": ["conv1", "conv2", "fc"], "feedforward": ["conv2"]},
+    ("adapter", "mlp"): {"targets": ["fc1", "fc2"]},
+    ("adapter", "convnet"): {"targets": ["conv1", "conv2"]},  # 1x1 conv bottlenecks on the channels
+    # Input-side and representation methods need a token sequence (embeddings, attention, transformer blocks).
+    ("prompt", "mlp"): (NOT_APPLICABLE, "prompt tuning prepends token embeddings; an MLP has no token input"),
+    ("prompt", "convnet"): (NOT_APPLICABLE, "prompt tuning prepends token embeddings; a conv net has no token input"),
+    ("prompt", "bert"): {"num_virtual_tokens": 4},
+    ("prompt", "gpt2"): {"num_virtual_tokens": 4, "init": "vocab"},
+    ("prefix", "mlp"): (NOT_APPLICABLE, "prefix tuning extends attention keys/values; an MLP has no attention"),
+    ("prefix", "convnet"): (NOT_APPLICABLE, "prefix tuning extends attention keys/values; a conv net has none"),
+    ("prefix", "bert"): {"num_virtual_tokens": 4},
+    ("prefix", "gpt2"): {"num_virtual_tokens": 4, "reparameterize": True, "hidden": 16},
+    ("loreft", "mlp"): (NOT_APPLICABLE, "LoReFT edits token positions of transformer blocks; an MLP has neither"),
+    ("loreft", "convnet"): (NOT_APPLICABLE, "LoReFT edits token positions of transformer blocks; a conv net has neither"),
+    ("loreft", "bert"): {"r": 2, "positions": "f1+l2"},
+    ("loreft", "gpt2"): {"r": 2, "positions": "l1", "variant": "direft", "layers": [1]},
 }
 
 # Fields every case gets, to make the adapter non-trivial from the start where the method allows it.

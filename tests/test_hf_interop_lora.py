@@ -28,7 +28,7 @@ import peftlab
 from peftlab.core.layer import AdaptedLayer
 from tests.tiny_models import MODELS, TinyModel, tiny_bert, tiny_llama
 
-peft = pytest.importorskip("peft")
+pytest.importorskip("peft")
 from peft import LoraConfig, PeftModel, get_peft_model  # noqa: E402
 
 TINY = {m.name: m for m in MODELS}
@@ -57,6 +57,7 @@ class Case:
 
 
 QV = ["query", "value"]
+REGEX = r".*\.layer\.1\.attention\.self\.(query|key)"  # full match, in both libraries
 CASES = [
     Case("bert-lora-qv", BERT, dict(r=4, lora_alpha=8, target_modules=QV),
          lambda: peftlab.LoRA(r=4, alpha=8, targets=QV, modules_to_save=[], init="random")),
@@ -80,9 +81,8 @@ CASES = [
          lambda: peftlab.LoRA(r=4, alpha=8, targets=["word_embeddings"], modules_to_save=[], init="random")),
     Case("convnet-conv2d", CONVNET, dict(r=2, lora_alpha=4, target_modules=["conv1", "conv2"]),
          lambda: peftlab.LoRA(r=2, alpha=4, targets=["conv1", "conv2"], init="random")),
-    Case("bert-regex-targets", BERT, dict(r=4, lora_alpha=8, target_modules=r".*\.layer\.1\.attention\.self\.(query|key)"),
-         lambda: peftlab.LoRA(r=4, alpha=8, targets=r".*\.layer\.1\.attention\.self\.(query|key)", modules_to_save=[],
-                              init="random")),
+    Case("bert-regex-targets", BERT, dict(r=4, lora_alpha=8, target_modules=REGEX),
+         lambda: peftlab.LoRA(r=4, alpha=8, targets=REGEX, modules_to_save=[], init="random")),
     Case("bert-layers-to-transform", BERT, dict(r=4, lora_alpha=8, target_modules=QV, layers_to_transform=[1]),
          lambda: peftlab.LoRA(r=4, alpha=8, targets=QV, layers=[1], modules_to_save=[], init="random")),
 ]

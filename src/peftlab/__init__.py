@@ -9,6 +9,8 @@ from peftlab.core.model import AdaptedModel, adapt, load
 from peftlab.core.typology import AttachKind, MethodCard
 from peftlab.errors import AdapterLoadError, AdapterStateError, ConfigError, PeftlabError, TargetError
 from peftlab.methods import BitFit, DoRA, FullFineTuning, LoRA
+from peftlab.methods import IA3, Adapter, SparseFT
+from peftlab.methods import LoReFT, PrefixTuning, PromptTuning
 
 # After the methods package: `peftlab.methods` is the function that lists them, not the subpackage.
 from peftlab.core.registry import config_for, get_method, methods, register  # noqa: E402
@@ -16,7 +18,8 @@ from peftlab.core.registry import config_for, get_method, methods, register  # n
 __version__ = "0.1.0"
 
 __all__ = [
-    "AdaptedModel", "AdapterLoadError", "AdapterStateError", "AttachKind", "BitFit", "ConfigError", "DoRA",
-    "FullFineTuning", "LoRA", "MethodCard", "MethodConfig", "PeftlabError", "TargetError", "adapt", "config_for",
-    "get_method", "load", "methods", "register",
+    "AdaptedModel", "Adapter", "AdapterLoadError", "AdapterStateError", "AttachKind", "BitFit", "ConfigError", "DoRA",
+    "FullFineTuning", "IA3", "LoRA", "MethodCard", "MethodConfig", "PeftlabError", "SparseFT", "TargetError", "adapt",
+    "config_for", "get_method", "load", "methods", "register",
+    "LoReFT", "PrefixTuning", "PromptTuning",
 ]

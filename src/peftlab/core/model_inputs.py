@@ -21,7 +21,7 @@ from typing import Any
 import torch
 from torch import nn
 
-from peftlab.errors import AdapterStateError
+from peftlab.errors import AdapterStateError, TargetError
 
 _VIRTUAL = "_peftlab_virtual_tokens"
 _POSITIONAL = (inspect.Parameter.POSITIONAL_ONLY, inspect.Parameter.POSITIONAL_OR_KEYWORD)
@@ -99,6 +99,6 @@ def text_config(model: nn.Module) -> Any:
     """The model's (text) config; AdapterStateError when the model has none (a plain PyTorch module)."""
     config = getattr(model, "config", None)
     if config is None:
-        raise AdapterStateError(f"{type(model).__name__} has no transformers config; this method needs a "
+        raise TargetError(f"{type(model).__name__} has no transformers config; this method needs a "
                                 "transformers model with token inputs")
     return config.get_text_config() if hasattr(config, "get_text_config") else config

@@ -136,3 +136,14 @@ def best_under(summaries: Sequence[Summary], budgets: Sequence[Budget], higher_i
         return None
     sign = 1.0 if higher_is_better else -1.0  # ties: fewer trainable parameters
     return max(fits, key=lambda s: (sign * s.mean("test_metric"), -(s.mean("trainable_params") or 0.0)))
+
+
+def delta_vs_full(record: dict[str, Any], records: list[dict[str, Any]]) -> float | None:
+    """Test metric minus that of full fine-tuning with the same task, model, train size and seed (if recorded)."""
+    if record.get("status") != "ok":
+        return None
+    for other in records:
+        if (other.get("method_id") == "full" and other.get("status") == "ok"
+                and all(other.get(k) == record.get(k) for k in ("task", "model", "train_size", "seed", "steps"))):
+            return record["test_metric"] - other["test_metric"]
+    return None

@@ -130,6 +130,7 @@ def build_report(out: Path, budget: Sequence[str] | None = None) -> tuple[Path, 
         records = [r for r in records if r["run_id"] in ids]
     if not records:
         raise StudyError(f"no results in {out}; run `peftlab compare --out {out}` first")
+    records = [dict(r, delta_vs_full=analysis.delta_vs_full(r, records)) for r in records]
     budgets = parse_budgets(budget if budget is not None else (study.budget if study else ()))
     order = [m.label for m in study.methods] if study else []
     summaries = analysis.summarise(records, order)

@@ -13,6 +13,7 @@ from pathlib import Path
 from typing import Any
 
 from peftlab.study import events
+from peftlab.study.analysis import delta_vs_full
 from peftlab.study.plan import RunSpec, StudyConfig
 from peftlab.study.progress import Progress, TqdmProgress
 from peftlab.study.results import append_record, load_records, save_study
@@ -121,14 +122,3 @@ def _died(spec: RunSpec, run_dir: Path, code: int | None, timeout: float | None)
     record.update(status="failed", error=reason + (f"; log: {' | '.join(tail)}" if tail else ""),
                   failed_phase="process", finished_at=datetime.now(timezone.utc).isoformat(timespec="seconds"))
     return record
-
-
-def delta_vs_full(record: dict[str, Any], records: list[dict[str, Any]]) -> float | None:
-    """Test metric minus that of full fine-tuning with the same task, model, train size and seed (if recorded)."""
-    if record.get("status") != "ok":
-        return None
-    for other in records:
-        if (other.get("method_id") == "full" and other.get("status") == "ok"
-                and all(other.get(k) == record.get(k) for k in ("task", "model", "train_size", "seed", "steps"))):
-            return record["test_metric"] - other["test_metric"]
-    return None
