@@ -56,7 +56,15 @@ def _time(result: Result | None, name: str) -> float:
 
 
 def _num(value: float, digits: int = 3) -> str:
-    return "—" if math.isnan(value) else f"{value:.{digits}g}" if value < 1 else f"{value:.{digits - 1}f}"
+    """`digits` significant figures, without exponent (at most 4 decimals); "—" for NaN."""
+    if math.isnan(value):
+        return "—"
+    magnitude = math.floor(math.log10(abs(value))) if value else 0
+    return f"{value:.{min(4, max(0, digits - 1 - magnitude))}f}"
+
+
+def _mb(value: float) -> str:
+    return "—" if math.isnan(value) else f"{value:.0f}"
 
 
 def _ratio(value: float, reference: float) -> str:
@@ -93,8 +101,8 @@ def training_rows(model: str, configs: Sequence[str], results: Results) -> list[
             versus_hf = library == "peftlab"
             rows.append((title(config), LIBRARY_NAMES[library], f"{result['trainable']:,}" if ok else "—",
                          _num(step), phases if ok else "—", _ratio(step, floor),
-                         _ratio(step, _time(hf, "step")) if versus_hf else "", _num(result.get("rss_build_mb",
-                         math.nan), 4), _num(peak, 4), _ratio(peak, hf_peak) if versus_hf else "", note))
+                         _ratio(step, _time(hf, "step")) if versus_hf else "", _mb(result.get("rss_build_mb",
+                         math.nan)), _mb(peak), _ratio(peak, hf_peak) if versus_hf else "", note))
     return rows
 
 

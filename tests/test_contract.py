@@ -6,7 +6,6 @@ from pathlib import Path
 
 import pytest
 import torch
-from torch import nn
 
 import peftlab
 from peftlab.core.layer import AdaptedLayer

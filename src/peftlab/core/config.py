@@ -137,7 +137,7 @@ class MethodConfig:
         return out
 
     @classmethod
-    def from_dict(cls, data: Mapping[str, Any]) -> "MethodConfig":
+    def from_dict(cls, data: Mapping[str, Any]) -> MethodConfig:
         """Inverse of `to_dict`. Called on the base class, dispatches on data["method"] through the registry."""
         from peftlab.core.registry import get_method
 
@@ -167,12 +167,12 @@ class MethodConfig:
         return {"peft_type": self.file_type(), **data, "modules_to_save": saved or None}
 
     @classmethod
-    def from_file_config(cls, data: Mapping[str, Any]) -> "MethodConfig":
+    def from_file_config(cls, data: Mapping[str, Any]) -> MethodConfig:
         """Inverse of `to_file_config`."""
         data = {k: v for k, v in data.items() if k not in ("peft_type", "peftlab_version", "base_model_name_or_path")}
         return cls.from_dict({"method": cls.card.id, **data})
 
-    def replace(self, **changes: Any) -> "MethodConfig":
+    def replace(self, **changes: Any) -> MethodConfig:
         """A copy with some fields changed (validated again)."""
         return dataclasses.replace(self, **changes)
 

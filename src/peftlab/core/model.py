@@ -8,7 +8,6 @@ from collections.abc import Iterator, Sequence
 from pathlib import Path
 from typing import Any
 
-import torch
 from torch import nn
 
 from peftlab.core import attach
@@ -105,7 +104,7 @@ class AdaptedModel(nn.Module):
         if shared is not None:
             self.model_adapters[adapter_name] = shared.train(base.training)
             self._ensure_hook()
-        for path, module in sites.items():
+        for path in sites:
             layer = attach.wrap(base, path)
             site = config.build_site(layer.base_layer, path, shared)
             layer.adapters[adapter_name] = attach.place_like(site, layer.base_layer).train(layer.base_layer.training)
@@ -331,7 +330,7 @@ class AdaptedModel(nn.Module):
         return self.base_model
 
 
-@functools.lru_cache(maxsize=None)
+@functools.cache
 def adapted_class(base_cls: type) -> type[AdaptedModel]:
     """An AdaptedModel subclass whose forward carries the base class's signature.
 

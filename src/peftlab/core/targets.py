@@ -42,7 +42,7 @@ def layer_index(name: str) -> int | None:
     return int(found[-1]) if found else None
 
 
-def name_matches(name: str, spec: "TargetSpec") -> bool:
+def name_matches(name: str, spec: TargetSpec) -> bool:
     """Whether a module name matches a target spec (regex string: full match; list: exact name or suffix)."""
     if spec is None:
         return False
@@ -91,11 +91,11 @@ def auto_modules_to_save(model: nn.Module) -> tuple[str, ...]:
     return tuple(name for name in AUTO_SAVED_HEADS + ("qa_outputs",) if name in children)
 
 
-def modules_to_save_for(model: nn.Module, config: "MethodConfig") -> tuple[str, ...]:
+def modules_to_save_for(model: nn.Module, config: MethodConfig) -> tuple[str, ...]:
     return config.modules_to_save if config.modules_to_save is not None else auto_modules_to_save(model)
 
 
-def select_modules(model: nn.Module, config: "MethodConfig") -> dict[str, nn.Module]:
+def select_modules(model: nn.Module, config: MethodConfig) -> dict[str, nn.Module]:
     """The modules `config` adapts in `model`, by name. Raises TargetError when the spec does not fit the model."""
     # Types alone select by type; otherwise a method's default targets stand in for missing ones.
     targets = config.targets if config.targets is not None or config.target_types else config.default_targets
@@ -133,12 +133,12 @@ def select_modules(model: nn.Module, config: "MethodConfig") -> dict[str, nn.Mod
     return selected
 
 
-def _supported_names(named: list[tuple[str, nn.Module]], config: "MethodConfig", prefix: str) -> list[str]:
+def _supported_names(named: list[tuple[str, nn.Module]], config: MethodConfig, prefix: str) -> list[str]:
     inside = [n for n, m in named if n.startswith(prefix + ".") and config.supports(m)]
     return inside[:5] or [n for n, m in named if config.supports(m)][:5]
 
 
-def _nothing_matched(config: "MethodConfig", targets: "TargetSpec", named: list[tuple[str, nn.Module]]) -> str:
+def _nothing_matched(config: MethodConfig, targets: TargetSpec, named: list[tuple[str, nn.Module]]) -> str:
     names = [n for n, _ in named]
     suffixes = sorted({n.split(".")[-1] for n in names})
     wanted = [targets] if isinstance(targets, str) else list(targets or [])

@@ -33,7 +33,7 @@ WEIGHTS_NAME = "adapter_model.safetensors"
 PREFIX = "base_model.model."
 
 
-def adapter_tensors(model: "AdaptedModel", name: str) -> dict[str, torch.Tensor]:
+def adapter_tensors(model: AdaptedModel, name: str) -> dict[str, torch.Tensor]:
     """Every tensor of one adapter under its file key."""
     prefix = model.configs[name].file_prefix
     tensors: dict[str, torch.Tensor] = {}
@@ -45,7 +45,7 @@ def adapter_tensors(model: "AdaptedModel", name: str) -> dict[str, torch.Tensor]
     return tensors
 
 
-def save_adapter(model: "AdaptedModel", name: str, folder: Path) -> None:
+def save_adapter(model: AdaptedModel, name: str, folder: Path) -> None:
     """Write one adapter to `folder` atomically (each file replaced in one rename)."""
     config = model.configs[name]
     kinds = model.site_kinds(name)
@@ -102,7 +102,7 @@ def _metadata(weights_file: Path) -> dict[str, str]:
         raise AdapterLoadError(f"{weights_file} is not a readable safetensors file: {err}") from None
 
 
-def load_adapter_into(model: "AdaptedModel", folder: Path, name: str) -> None:
+def load_adapter_into(model: AdaptedModel, folder: Path, name: str) -> None:
     """Add the adapter stored in `folder` to `model` under `name`; on any mismatch nothing is left attached."""
     config = read_adapter_config(folder)
     if "peftlab_config" not in _metadata(folder / WEIGHTS_NAME):
@@ -133,7 +133,7 @@ def _present_modules_to_save(config: MethodConfig, model: torch.nn.Module) -> Me
     return config if present == wanted else config.replace(modules_to_save=present)
 
 
-def _load_tensors(model: "AdaptedModel", name: str, weights_file: Path) -> None:
+def _load_tensors(model: AdaptedModel, name: str, weights_file: Path) -> None:
     with safe_open(str(weights_file), framework="pt") as handle:
         file_keys = list(handle.keys())
         expected = adapter_tensors(model, name)
@@ -163,7 +163,7 @@ def _load_tensors(model: "AdaptedModel", name: str, weights_file: Path) -> None:
         import_state(adapter, _on(own, adapter), model.base_model)
 
 
-def _owner(key: str, model: "AdaptedModel", name: str) -> str:
+def _owner(key: str, model: AdaptedModel, name: str) -> str:
     """The longest adapted module path that prefixes a file key."""
     body = key[len(model.configs[name].file_prefix):]
     return max((p for p in model.site_kinds(name) if body.startswith(p + ".")), key=len, default="")

@@ -102,7 +102,7 @@ class LoRA(MethodConfig):
         return lora_to_file_config(self, sites, saved)
 
     @classmethod
-    def from_file_config(cls, data: Mapping[str, Any]) -> "LoRA":
+    def from_file_config(cls, data: Mapping[str, Any]) -> LoRA:
         return lora_from_file_config(dict(data))
 
     def rank_and_scaling(self, path: str) -> tuple[int, float]:

@@ -121,12 +121,12 @@ class PromptAdapter(nn.Module):
         super().__init__()
         self.prompt_embeddings = nn.Parameter(prompt)
         object.__setattr__(self, "_model", model)  # a plain reference: not a submodule, not in the state
-        self._added = 0  # virtual positions prepended in the current call (dropped again by finish)
+        self._real = 0  # tokens of the current call when a prompt was put in front (finish keeps only those)
 
     def prepare(self, args: tuple, kwargs: dict[str, Any]) -> tuple[tuple, dict[str, Any]]:
         kw = bind_arguments(self._model, args, kwargs)
         n = self.prompt_embeddings.shape[0]
-        self._added = 0
+        self._real = 0
         if continues_cache(kw):  # the cache holds the prompt already
             return (), shift_for_cached_virtual(kw, n)
         batch, length = batch_and_length(kw)
@@ -145,12 +145,12 @@ class PromptAdapter(nn.Module):
         labels = kw.get("labels")
         if labels is not None and labels.dim() >= 2 and tuple(labels.shape[:2]) == (batch, length):
             kw["labels"] = torch.cat([labels.new_full((batch, n, *labels.shape[2:]), -100), labels], dim=1)
-        self._added = n
+        self._real = length
         return (), kw
 
     def finish(self, output: Any) -> Any:
-        n, self._added = self._added, 0
-        return drop_leading_positions(output, n) if n else output
+        real, self._real = self._real, 0
+        return keep_last_positions(output, real) if real else output
 
     def file_config(self) -> dict[str, Any]:
         return hf_model_fields(self._model)
@@ -191,19 +191,23 @@ def shift_for_cached_virtual(kw: dict[str, Any], n: int) -> dict[str, Any]:
 _PER_TOKEN_OUTPUTS = ("logits", "last_hidden_state", "start_logits", "end_logits")
 
 
-def drop_leading_positions(output: Any, n: int) -> Any:
-    """Per-token outputs without their first n positions (dim 1). Sequence-level outputs (B, C) stay as they are."""
+def keep_last_positions(output: Any, real: int) -> Any:
+    """Per-token outputs cut to their last `real` positions (dim 1), dropping the virtual ones in front. Outputs
+    already that short (generate's logits_to_keep) and sequence-level outputs (B, C) stay as they are."""
+
+    def cut(value: torch.Tensor) -> torch.Tensor:
+        return value[:, value.shape[1] - real:] if value.shape[1] > real else value
+
     if isinstance(output, torch.Tensor):
-        return output[:, n:] if output.dim() >= 3 else output
+        return cut(output) if output.dim() >= 3 else output
     if not isinstance(output, Mapping):
         return output  # a plain tuple (return_dict=False): positions cannot be told apart from classes
     for key in _PER_TOKEN_OUTPUTS:
         value = output.get(key)
-        per_token = value is not None and (value.dim() >= 3 or key in ("start_logits", "end_logits"))
-        if per_token:
-            output[key] = value[:, n:]
+        if value is not None and (value.dim() >= 3 or key in ("start_logits", "end_logits")):
+            output[key] = cut(value)
     if output.get("hidden_states") is not None:
-        output["hidden_states"] = tuple(h[:, n:] for h in output["hidden_states"])
+        output["hidden_states"] = tuple(cut(h) for h in output["hidden_states"])
     return output
 
 

@@ -145,9 +145,13 @@ def _run(spec: RunSpec, run_dir: Path, record: dict[str, Any], phase: Phase) -> 
     latency = {"batch": len(splits.test[: settings.latency_batch]),
                "unmerged_ms": measure.latency_ms(timed, device, settings.latency_repeats), "merged_ms": None}
     if mergeable:
-        model.merge_adapter()
-        latency["merged_ms"] = measure.latency_ms(timed, device, settings.latency_repeats)
-        model.unmerge()
+        try:
+            model.merge_adapter()
+        except peftlab.AdapterStateError as err:  # e.g. tied weights: the adapter stays usable unmerged
+            latency["merge_error"] = str(err)
+        else:
+            latency["merged_ms"] = measure.latency_ms(timed, device, settings.latency_repeats)
+            model.unmerge()
     record["latency"] = latency
 
 
