@@ -95,9 +95,9 @@ METHODS: dict[str, MethodSpec] = {m.id: m for m in (
     MethodSpec("dora_qv", f"DoRA r={RANK} q,v (dropout 0.05)", ("dora",), _hf_lora(_qv, 0.05, dora=True),
                _lora_fields(_qv, 0.05)),
     MethodSpec("ia3", "IA3 (HF default targets)", ("ia3",), _hf_ia3, _peftlab_ia3),
-    MethodSpec("prompt", f"prompt tuning, {VIRTUAL_TOKENS} tokens", ("prompt_tuning", "prompt"), _hf_prompt,
+    MethodSpec("prompt", f"prompt tuning, {VIRTUAL_TOKENS} tokens", ("prompt",), _hf_prompt,
                lambda p: {"num_virtual_tokens": VIRTUAL_TOKENS}),
-    MethodSpec("prefix", f"prefix tuning, {VIRTUAL_TOKENS} tokens", ("prefix_tuning", "prefix"), _hf_prefix,
+    MethodSpec("prefix", f"prefix tuning, {VIRTUAL_TOKENS} tokens", ("prefix",), _hf_prefix,
                lambda p: {"num_virtual_tokens": VIRTUAL_TOKENS}),
 )}
 

@@ -297,7 +297,8 @@ class AdaptedModel(nn.Module):
             count = sum(p.numel() for p in self._adapter_parameters(name))
             state = "active" if name in self._active else "inactive"
             extra = f", trained in full: {', '.join(saved)}" if saved else ""
-            level = ", model-level inputs" if name in self.model_adapters else ""
+            shared = self.model_adapters[name] if name in self.model_adapters else None
+            level = ", with model-level tensors" if shared is not None and any(True for _ in shared.parameters()) else ""
             lines.append(f"adapter {name!r} ({state}): {config.card.name} at {n_method} site(s){level}{extra}; "
                          f"{count:,} parameters")
         trainable, total = self.trainable_parameters(), self.total_parameters()

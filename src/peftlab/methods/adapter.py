@@ -36,6 +36,7 @@ ACTIVATIONS: dict[str, type[nn.Module]] = {"relu": nn.ReLU, "gelu": nn.GELU, "si
 # Bottleneck sizes m of the presets. For hidden size 384 (MiniLM): tiny = d/48, about 6.5k parameters per site
 # (0.35% of MiniLM with Houlsby's 12 sites); small = d/6, about 50k per site (2.6%). 8 and 64 are from Houlsby's grid.
 PRESETS = {"tiny": 8, "small": 64}
+CONVS: dict[int, type[nn.Module]] = {1: nn.Conv1d, 2: nn.Conv2d, 3: nn.Conv3d}
 DEFAULT_REDUCTION = 16.0  # m = d / 16 when no size is given (Pfeiffer et al.)
 
 # Sublayer output projections, by architecture: BERT/RoBERTa (".output.dense" ends both sublayers), DistilBERT,
@@ -118,7 +119,7 @@ class Adapter(MethodConfig):
     def _taps(self) -> TargetSpec:
         return self.sublayer_inputs if self.sublayer_inputs is not None else FEEDFORWARD_INPUTS
 
-    def _selecting(self, targets: TargetSpec) -> "Adapter":
+    def _selecting(self, targets: TargetSpec) -> Adapter:
         """This config with `targets` as a plain (sequential) spec, for the core's target selection."""
         return dataclasses.replace(self, targets=targets, sublayer_inputs=None, placement="houlsby")
 
@@ -194,7 +195,7 @@ class Bottleneck(nn.Module):
         super().__init__()
         self.path = path
         if isinstance(module, nn.modules.conv._ConvNd):
-            conv = type(module)
+            conv = CONVS[module.weight.dim() - 2]  # plain convs: subclasses (e.g. "same" padding) take other arguments
             self.adapter_down, self.adapter_up = conv(d, m, 1), conv(m, d, 1)
             self.channel_dim = 1
         else:

@@ -124,7 +124,7 @@ class IA3(MethodConfig):
         }
 
     @classmethod
-    def from_file_config(cls, data: Mapping[str, Any]) -> "IA3":
+    def from_file_config(cls, data: Mapping[str, Any]) -> IA3:
         def spec(key: str) -> TargetSpec:
             value = data.get(key)
             return value if value is None or isinstance(value, str) else tuple(value)

@@ -227,10 +227,13 @@ class LoRAConv(LoRABiasMixin, nn.Module):
     def __init__(self, module: nn.Conv1d | nn.Conv2d, r: int, scaling: float, dropout: float, init: str,
                  train_bias: bool) -> None:
         super().__init__()
-        conv = type(module)
+        conv = nn.Conv2d if isinstance(module, nn.Conv2d) else nn.Conv1d
         self.lora_A = conv(module.in_channels, r, module.kernel_size, module.stride, module.padding,
                            module.dilation, bias=False, padding_mode=module.padding_mode)
         self.lora_B = conv(r, module.out_channels, 1, 1, bias=False)
+        # A subclass (e.g. TensorFlow-style "same" padding) may transform its input before the convolution: run the
+        # update through the module's own forward with ΔW instead of the two small convs (exact, costs one conv).
+        self.plain_conv = type(module) in (nn.Conv1d, nn.Conv2d)
         init_pair(self.lora_A.weight, self.lora_B.weight, init, r)
         self.dropout = nn.Dropout(dropout) if dropout > 0 else nn.Identity()
         self.scaling = scaling
@@ -238,7 +241,12 @@ class LoRAConv(LoRABiasMixin, nn.Module):
 
     def forward(self, x: torch.Tensor, base: BaseCall) -> torch.Tensor:
         result = base(x)
-        update = self.lora_B(self.lora_A(self.dropout(x.to(self.lora_A.weight.dtype)))) * self.scaling
+        x = self.dropout(x.to(self.lora_A.weight.dtype))
+        if self.plain_conv:
+            update = self.lora_B(self.lora_A(x)) * self.scaling
+        else:
+            delta = {"weight": self.delta_weight(), "bias": None}
+            update = torch.func.functional_call(base.module, delta, (x,))
         if self.bias_delta is not None:
             update = update + self.bias_delta.view(-1, *([1] * (update.dim() - 2)))  # (C,) -> (C, 1[, 1])
         return result + update.to(result.dtype)

@@ -34,7 +34,7 @@ from peftlab.errors import AdapterStateError, ConfigError
 
 VARIANTS = ("loreft", "direft")
 BLOCKS = r"(.*\.)?(layers|layer|h|blocks|block)\.\d+"  # the blocks of a transformer's layer list
-_POSITIONS = re.compile(r"(?:f(\d+))?\+?(?:l(\d+))?")
+_POSITIONS = re.compile(r"f(\d+)\+l(\d+)|f(\d+)()|()l(\d+)")  # "f3+l2", "f3", "l2"
 
 
 @register
@@ -89,9 +89,10 @@ class LoReFT(MethodConfig):
 def parse_positions(spec: str) -> tuple[int, int]:
     """"f3+l2" -> (3, 2); "l1" -> (0, 1)."""
     found = _POSITIONS.fullmatch(spec)
-    if found is None or not any(found.groups()):
+    if found is None:
         raise ConfigError(f"positions={spec!r} is not of the form 'f<k>+l<k>' (e.g. 'f1+l1', 'l3', 'f2')")
-    first, last = (int(g) if g else 0 for g in found.groups())
+    groups = [g for g in found.groups() if g is not None]  # the two groups of the alternative that matched
+    first, last = (int(g) if g else 0 for g in groups)
     return first, last
 
 

@@ -127,9 +127,10 @@ class PrefixAdapter(nn.Module):
         kw = bind_arguments(self._model, args, kwargs)
         if not continues_cache(kw):  # a new sequence: put the prefixes into the cache
             model = self._model
-            if model.training and getattr(model, "is_gradient_checkpointing", False):
+            if model.training and any(getattr(m, "gradient_checkpointing", False) is True for m in model.modules()):
                 raise AdapterStateError("prefix tuning passes the prefixes through the cache, which transformers "
-                                        "drops under gradient checkpointing; call model.gradient_checkpointing_disable()")
+                                        "drops under gradient (activation) checkpointing; turn it off, e.g. "
+                                        "model.activation_checkpointing_disable()")
             batch, _ = batch_and_length(kw)
             cache = kw.get("past_key_values")
             if cache is None:

@@ -15,6 +15,7 @@ those of `init_text`'s tokens (repeated or cut to n). Files: Hugging Face PEFT's
 from __future__ import annotations
 
 import dataclasses
+import os
 from collections.abc import Mapping
 from typing import Any, ClassVar
 
@@ -56,6 +57,8 @@ class PromptTuning(MethodConfig):
 
     def validate(self) -> None:
         check_input_side(self)
+        if isinstance(self.tokenizer_path, os.PathLike):
+            self._set("tokenizer_path", os.fspath(self.tokenizer_path))
         check(self.init in INITS, "init", f"must be one of {INITS}, got {self.init!r}")
         if self.init == "text":
             check(isinstance(self.init_text, str) and bool(self.init_text.strip()), "init_text",

@@ -48,7 +48,7 @@ class SparseFT(MethodConfig):
 
     card: ClassVar[MethodCard] = MethodCard(
         id="sparse", name="Sparse fine-tuning", kind=AttachKind.WEIGHT_DELTA,
-        inserted_at="attention / feed-forward (any weight matrix)", form="sparse", integration="scaled addition",
+        inserted_at="attention / feed-forward (any weight matrix)", form="sparse", integration="addition",
         param_formula="round((1 − pruning)·d_in·d_out)", mergeable=True, paper="Ansell et al. 2022",
         symbols="d_in, d_out: the adapted layer's input and output sizes (times the kernel size for convolutions); "
                 "as many integer indices are saved, not trained")

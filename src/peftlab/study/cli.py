@@ -60,6 +60,8 @@ def _add_compare_arguments(p: argparse.ArgumentParser) -> None:
                    help="validation every k steps for the learning curve; 0 = end only (default: %(default)s)")
     p.add_argument("--warmup", type=float, default=defaults.warmup, help="warmup fraction (default: %(default)s)")
     p.add_argument("--device", default="auto", help="auto, cpu, cuda, cuda:N or mps (default: auto)")
+    p.add_argument("--threads", type=int, default=None,
+                   help="torch CPU threads per run (default: one per core); 1 helps on a busy shared machine")
     p.add_argument("--budget", action="append", default=[], metavar="LIMIT",
                    help="the report's budget question, repeatable: params=1%%, params=100k, memory=2000MB, time=60s")
     p.add_argument("--out", type=Path, default=DEFAULT_OUT, help="output folder (default: %(default)s)")
@@ -80,7 +82,8 @@ def study_from_args(args: argparse.Namespace) -> StudyConfig:
     task = TaskSpec(name=args.task, model=args.model, max_length=args.max_length, test_size=args.test_size,
                     validation_size=args.validation_size, data_seed=args.data_seed, image_size=args.image_size)
     settings = RunSettings(steps=args.steps, batch_size=args.batch_size, eval_every=args.eval_every,
-                           warmup=args.warmup, device=args.device, save_adapter=not args.no_save_adapters)
+                           warmup=args.warmup, device=args.device, save_adapter=not args.no_save_adapters,
+                           threads=args.threads)
     methods = resolve_methods([m for m in args.methods.split(",") if m.strip()], parse_lr_overrides(args.lr))
     budget = tuple(b.text for b in parse_budgets(args.budget))
     if args.seeds < 1:

@@ -119,8 +119,16 @@ def smollm2_path() -> Path:
     from transformers import AutoModelForCausalLM
 
     def build(folder: Path) -> None:
+        # save_pretrained refuses gguf-loaded models: write the weights and a config without the gguf origin.
+        import json
+
+        from safetensors.torch import save_model
+
         model = AutoModelForCausalLM.from_pretrained(_smollm2_source(), gguf_file=SMOLLM2_GGUF, dtype=torch.float32)
-        model.save_pretrained(folder, safe_serialization=True)
+        folder.mkdir(parents=True)
+        save_model(model, str(folder / "model.safetensors"), metadata={"format": "pt"})
+        config = {k: v for k, v in model.config.to_dict().items() if k != "quantization_config"}
+        (folder / "config.json").write_text(json.dumps(config, indent=1), encoding="utf-8")
 
     return cached("smollm2-135m-instruct", build)
 

@@ -24,6 +24,7 @@ class RunSettings:
     curve; 0 = only at the end). warmup: fraction of steps of linear warmup. device: auto/cpu/cuda/mps.
     latency_repeats: timed inference batches (median reported). latency_batch: examples per timed batch.
     save_adapter: keep the saved adapter in the run folder (its size is measured either way).
+    threads: torch CPU threads per run (None = torch's default, one per core).
     """
 
     steps: int = 150
@@ -36,10 +37,13 @@ class RunSettings:
     latency_repeats: int = 10
     latency_batch: int = 16
     save_adapter: bool = True
+    threads: int | None = None
 
     def __post_init__(self) -> None:
         if self.steps < 1 or self.batch_size < 1:
             raise StudyError(f"--steps and --batch-size must be >= 1 (got {self.steps}, {self.batch_size})")
+        if self.threads is not None and self.threads < 1:
+            raise StudyError(f"--threads must be >= 1, got {self.threads}")
         if self.latency_repeats < 1 or self.latency_batch < 1:
             raise StudyError("latency_repeats and latency_batch must be >= 1")
 

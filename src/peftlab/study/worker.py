@@ -9,7 +9,9 @@ from __future__ import annotations
 import argparse
 import json
 import math
+import os
 import sys
+import threading
 import time
 import traceback
 from datetime import datetime, timezone
@@ -77,6 +79,10 @@ def _run(spec: RunSpec, run_dir: Path, record: dict[str, Any], phase: Phase) -> 
     from peftlab.train import TrainConfig, peak_memory_mb, reset_peak_memory, resolve_device, seed_everything, train
 
     settings = spec.settings
+    if settings.threads is not None:
+        import torch
+
+        torch.set_num_threads(settings.threads)
     device = resolve_device(settings.device)
     record.update(versions=measure.versions(), hardware=measure.hardware(device),
                   memory_kind="cuda_max_allocated" if device.type == "cuda" else "process_peak_rss")
@@ -92,7 +98,7 @@ def _run(spec: RunSpec, run_dir: Path, record: dict[str, Any], phase: Phase) -> 
     base_params = sum(p.numel() for p in base.parameters())
 
     phase.enter("adapt")
-    config = build_config(spec.method, task.method_fields)
+    config = build_config(spec.method, task.fields_for(spec.method.method_id))
     record["config"]["method"] = config.to_dict()
     mergeable = bool(type(config).card.mergeable)
     record["mergeable"] = mergeable
@@ -155,10 +161,24 @@ def _run(spec: RunSpec, run_dir: Path, record: dict[str, Any], phase: Phase) -> 
     record["latency"] = latency
 
 
+def exit_with_parent(interval: float = 2.0) -> None:
+    """Stop this worker if the study process that started it goes away (no orphaned training runs)."""
+    parent = os.getppid()
+
+    def watch() -> None:
+        while True:
+            time.sleep(interval)
+            if os.getppid() != parent:
+                os._exit(3)
+
+    threading.Thread(target=watch, daemon=True, name="exit-with-parent").start()
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="python -m peftlab.study.worker", description=__doc__)
     parser.add_argument("run_dir", type=Path, help=f"folder holding {SPEC_FILE}; {RESULT_FILE} is written there")
     args = parser.parse_args(argv)
+    exit_with_parent()
     spec = RunSpec.from_dict(json.loads((args.run_dir / SPEC_FILE).read_text(encoding="utf-8")))
     record = execute(spec, args.run_dir)
     tmp = args.run_dir / (RESULT_FILE + ".tmp")

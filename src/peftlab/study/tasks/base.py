@@ -53,7 +53,10 @@ class Task(Protocol):
     metric: str
     higher_is_better: bool
     curve_metric: str
-    method_fields: dict[str, Any]  # fields every method config gets on this task (e.g. modules_to_save)
+
+    def fields_for(self, method_id: str) -> dict[str, Any]:
+        """Config fields a method gets on this task (e.g. a CNN's head in modules_to_save); user fields win."""
+        ...
 
     def describe(self) -> dict[str, Any]: ...
     def build_model(self) -> nn.Module: ...

@@ -39,7 +39,6 @@ class CausalLMTask:
         self.metric = metric
         self.higher_is_better = metric != "perplexity"
         self.curve_metric = curve_metric
-        self.method_fields: dict[str, Any] = {}
         self.test_size, self.validation_size = resolve_sizes(spec, test, validation)
         self.eval_batch_size = eval_batch_size
         self._tokenizer: Any = None
@@ -53,6 +52,9 @@ class CausalLMTask:
     def describe(self) -> dict[str, Any]:
         return {"task": self.name, "kind": "causal-lm", "model": self.model_ref, "examples": len(self.pairs),
                 "test_size": self.test_size, "validation_size": self.validation_size, "chat": self.chat}
+
+    def fields_for(self, method_id: str) -> dict[str, Any]:
+        return {}
 
     def build_model(self) -> nn.Module:
         return models.load_causal_lm(self.model_ref)

@@ -31,7 +31,6 @@ class ClassificationTask:
         self.encoder = encoder
         self.spec = spec
         self.model_ref = encoder.model_ref
-        self.method_fields = dict(encoder.method_fields)
         self.test_size, self.validation_size = resolve_sizes(spec, test, validation)
         self.eval_batch_size = eval_batch_size
 
@@ -39,6 +38,9 @@ class ClassificationTask:
         return {"task": self.name, "kind": "classification", "model": self.model_ref,
                 "classes": self.data.label_names, "examples": len(self.data.examples),
                 "test_size": self.test_size, "validation_size": self.validation_size}
+
+    def fields_for(self, method_id: str) -> dict[str, Any]:
+        return self.encoder.fields_for(method_id)
 
     def build_model(self) -> nn.Module:
         return self.encoder.build_model(len(self.data.label_names))

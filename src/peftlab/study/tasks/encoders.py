@@ -20,8 +20,8 @@ class Encoder(Protocol):
     """The model-specific half of a classification task."""
 
     model_ref: str
-    method_fields: dict[str, Any]
 
+    def fields_for(self, method_id: str) -> dict[str, Any]: ...
     def build_model(self, num_labels: int) -> nn.Module: ...
     def collate(self, examples: Sequence[Labeled]) -> Batch: ...
     def logits(self, model: nn.Module, batch: Batch) -> torch.Tensor: ...
@@ -31,8 +31,6 @@ class Encoder(Protocol):
 
 class TextEncoder:
     """A Hugging Face sequence classifier and its tokenizer; batches are padded to their longest text."""
-
-    method_fields: dict[str, Any] = {}
 
     def __init__(self, model_ref: str, max_length: int) -> None:
         self.model_ref = model_ref
@@ -44,6 +42,10 @@ class TextEncoder:
         if self._tokenizer is None:
             self._tokenizer = models.load_tokenizer(self.model_ref)
         return self._tokenizer
+
+    def fields_for(self, method_id: str) -> dict[str, Any]:
+        """Method defaults suit transformers; the new head is found automatically."""
+        return {}
 
     def build_model(self, num_labels: int) -> nn.Module:
         return models.load_text_classifier(self.model_ref, num_labels)
@@ -71,11 +73,20 @@ class ImageEncoder:
     a frozen-base method really leaves the base model unchanged.
     """
 
-    method_fields: dict[str, Any] = {"modules_to_save": ("_fc",)}
+    # Methods whose default targets are transformer module names adapt the CNN's pointwise (1x1) convolutions.
+    CONV_TARGETS = r"_blocks\.\d+\._(expand|project)_conv|_conv_head"
+    CONV_METHODS = ("lora", "dora", "ia3", "sparse")
 
     def __init__(self, model_ref: str, image_size: int) -> None:
         self.model_ref = model_ref
         self.image_size = image_size
+
+    def fields_for(self, method_id: str) -> dict[str, Any]:
+        """The new head `_fc` is trained and saved; see CONV_TARGETS."""
+        fields: dict[str, Any] = {"modules_to_save": ("_fc",)}
+        if method_id in self.CONV_METHODS:
+            fields["targets"] = self.CONV_TARGETS
+        return fields
 
     def build_model(self, num_labels: int) -> nn.Module:
         if self.model_ref != "efficientnet-lite0":
