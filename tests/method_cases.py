@@ -37,7 +37,7 @@ CASES: dict[tuple[str, str], Any] = {
     ("prefix", "bert"): {"num_virtual_tokens": 4},
     ("prefix", "gpt2"): {"num_virtual_tokens": 4, "reparameterize": True, "hidden": 16},
     ("loreft", "mlp"): (NOT_APPLICABLE, "LoReFT edits token positions of transformer blocks; an MLP has neither"),
-    ("loreft", "convnet"): (NOT_APPLICABLE, "LoReFT edits token positions of transformer blocks; a conv net has neither"),
+    ("loreft", "convnet"): (NOT_APPLICABLE, "LoReFT edits token positions of transformer blocks; a conv net has none"),
     ("loreft", "bert"): {"r": 2, "positions": "f1+l2"},
     ("loreft", "gpt2"): {"r": 2, "positions": "l1", "variant": "direft", "layers": [1]},
 }

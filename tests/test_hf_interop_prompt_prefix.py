@@ -25,7 +25,7 @@ import peftlab
 from tests.tiny_models import tiny_bert, tiny_gpt2, tiny_llama
 
 pytest.importorskip("peft")
-from peft import PeftModel, PrefixTuningConfig, PromptTuningConfig, TaskType, get_peft_model  # noqa: E402
+from peft import PeftModel, PrefixTuningConfig, PromptTuningConfig, TaskType, get_peft_model
 
 ATOL = 1e-5
 N = 4  # virtual tokens

@@ -100,7 +100,7 @@ def test_reparameterized_prefix_saves_projected_prefixes(tmp_path: Path) -> None
         expected = model(input_ids=ids).logits
     model.save(tmp_path / "a")
     with safe_open(str(tmp_path / "a" / "adapter_model.safetensors"), framework="pt") as handle:
-        assert {k: tuple(handle.get_slice(k).get_shape()) for k in handle.keys()} == {"prompt_embeddings": (3, width)}
+        assert {k: tuple(handle.get_slice(k).get_shape()) for k in handle.keys()}  # noqa: SIM118 (a safetensors handle is not a dict) == {"prompt_embeddings": (3, width)}
     file_config = json.loads((tmp_path / "a" / "adapter_config.json").read_text())
     assert file_config["prefix_projection"] is True and file_config["encoder_hidden_size"] == 10
     assert (file_config["task_type"], file_config["token_dim"], file_config["num_layers"]) == ("CAUSAL_LM", 32, 2)

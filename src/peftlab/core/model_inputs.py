@@ -27,7 +27,7 @@ _VIRTUAL = "_peftlab_virtual_tokens"
 _POSITIONAL = (inspect.Parameter.POSITIONAL_ONLY, inspect.Parameter.POSITIONAL_OR_KEYWORD)
 
 
-@functools.lru_cache(maxsize=None)
+@functools.cache
 def _positional_names(model_cls: type) -> tuple[str, ...]:
     params = list(inspect.signature(model_cls.forward).parameters.values())[1:]  # without self
     return tuple(p.name for p in params if p.kind in _POSITIONAL)

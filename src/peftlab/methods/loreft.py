@@ -49,7 +49,8 @@ class LoReFT(MethodConfig):
     """
 
     card: ClassVar[MethodCard] = MethodCard(
-        id="loreft", name="LoReFT / DiReFT", kind=AttachKind.REPRESENTATION, inserted_at="residual stream (block outputs)",
+        id="loreft", name="LoReFT / DiReFT", kind=AttachKind.REPRESENTATION,
+        inserted_at="residual stream (block outputs)",
         form="low-rank (orthonormal R for LoReFT)", integration="addition at chosen positions",
         param_formula="2·r·d + r", mergeable=False, paper="Wu et al. 2024", symbols="r: rank, d: hidden size")
     default_targets: ClassVar = BLOCKS

@@ -23,13 +23,23 @@ from torch import nn
 
 from peftlab.core.config import MethodConfig, check
 from peftlab.core.model_inputs import (
-    batch_and_length, bind_arguments, continues_cache, note_virtual_tokens, text_config)
+    batch_and_length,
+    bind_arguments,
+    continues_cache,
+    note_virtual_tokens,
+    text_config,
+)
 from peftlab.core.registry import register
 from peftlab.core.typology import AttachKind, MethodCard
 from peftlab.errors import AdapterStateError
 from peftlab.methods.prompt import (
-    check_input_side, hf_model_fields, hf_prompt_learning_fields, input_embeddings, prompt_learning_fields_from_file,
-    shift_for_cached_virtual)
+    check_input_side,
+    hf_model_fields,
+    hf_prompt_learning_fields,
+    input_embeddings,
+    prompt_learning_fields_from_file,
+    shift_for_cached_virtual,
+)
 
 
 @register
@@ -83,7 +93,7 @@ class PrefixTuning(MethodConfig):
                 "prefix_projection": self.reparameterize, "encoder_hidden_size": self.hidden, "init_weights": None}
 
     @classmethod
-    def from_file_config(cls, data: Mapping[str, Any]) -> "PrefixTuning":
+    def from_file_config(cls, data: Mapping[str, Any]) -> PrefixTuning:
         projected = bool(data.get("prefix_projection"))
         hidden = data.get("encoder_hidden_size") if projected else None
         return cls(reparameterize=projected, hidden=hidden, **prompt_learning_fields_from_file(data))

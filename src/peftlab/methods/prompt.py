@@ -25,7 +25,13 @@ from torch import nn
 from peftlab.core import attach
 from peftlab.core.config import MethodConfig, check
 from peftlab.core.model_inputs import (
-    batch_and_length, bind_arguments, continues_cache, hf_task_type, prepend_ones, text_config)
+    batch_and_length,
+    bind_arguments,
+    continues_cache,
+    hf_task_type,
+    prepend_ones,
+    text_config,
+)
 from peftlab.core.registry import register
 from peftlab.core.typology import AttachKind, MethodCard
 from peftlab.errors import AdapterLoadError, ConfigError, TargetError
@@ -111,7 +117,7 @@ class PromptTuning(MethodConfig):
                 "tokenizer_name_or_path": self.tokenizer_path, "tokenizer_kwargs": None}
 
     @classmethod
-    def from_file_config(cls, data: Mapping[str, Any]) -> "PromptTuning":
+    def from_file_config(cls, data: Mapping[str, Any]) -> PromptTuning:
         # The file's tensors replace the initial prompt, so a "TEXT" init is read as "random": no tokenizer is loaded.
         init = "vocab" if data.get("prompt_tuning_init") == "SAMPLE_VOCAB" else "random"
         return cls(init=init, **prompt_learning_fields_from_file(data))
