@@ -28,11 +28,13 @@ class MethodSpec:
     peftlab_fields: Callable[[ModelPreset], dict[str, Any]]  # -> fields for peftlab.config_for
 
 
-def _lora_fields(targets: Callable[[ModelPreset], tuple[str, ...]], dropout: float) -> Callable[..., dict[str, Any]]:
+def _lora_fields(targets: Callable[[ModelPreset], tuple[str, ...]],
+                 dropout: float) -> Callable[[ModelPreset], dict[str, Any]]:
     return lambda p: {"r": RANK, "alpha": float(ALPHA), "dropout": dropout, "targets": targets(p)}
 
 
-def _hf_lora(targets: Callable[[ModelPreset], tuple[str, ...]], dropout: float, dora: bool = False) -> Callable:
+def _hf_lora(targets: Callable[[ModelPreset], tuple[str, ...]], dropout: float,
+             dora: bool = False) -> Callable[[ModelPreset], Any]:
     def make(p: ModelPreset) -> Any:
         from peft import LoraConfig
 
@@ -42,10 +44,10 @@ def _hf_lora(targets: Callable[[ModelPreset], tuple[str, ...]], dropout: float, 
     return make
 
 
-def ia3_targets(p: ModelPreset, model_type: str) -> tuple[list[str], list[str]]:
+def ia3_targets(model_type: str) -> tuple[list[str], list[str]]:
     """Hugging Face PEFT's default IA3 targets and feed-forward modules for a model type."""
-    from peft.utils.constants import (TRANSFORMERS_MODELS_TO_IA3_FEEDFORWARD_MODULES_MAPPING as FF,
-                                      TRANSFORMERS_MODELS_TO_IA3_TARGET_MODULES_MAPPING as TARGETS)
+    from peft.utils.constants import TRANSFORMERS_MODELS_TO_IA3_FEEDFORWARD_MODULES_MAPPING as FF
+    from peft.utils.constants import TRANSFORMERS_MODELS_TO_IA3_TARGET_MODULES_MAPPING as TARGETS
 
     return list(TARGETS[model_type]), list(FF[model_type])
 
@@ -57,12 +59,12 @@ def _model_type(p: ModelPreset) -> str:
 def _hf_ia3(p: ModelPreset) -> Any:
     from peft import IA3Config
 
-    targets, feedforward = ia3_targets(p, _model_type(p))
+    targets, feedforward = ia3_targets(_model_type(p))
     return IA3Config(task_type=p.hf_task_type, target_modules=targets, feedforward_modules=feedforward)
 
 
 def _peftlab_ia3(p: ModelPreset) -> dict[str, Any]:
-    targets, feedforward = ia3_targets(p, _model_type(p))
+    targets, feedforward = ia3_targets(_model_type(p))
     return {"targets": tuple(targets), "feedforward": tuple(feedforward)}
 
 

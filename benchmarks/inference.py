@@ -66,15 +66,14 @@ def _load_and_switch(library: str, pristine: nn.Module, first: Path, second: Pat
     """Per repeat: load `first` onto a fresh copy of `pristine`, load `second` next to it, switch back and forth."""
     results: dict[str, list[float]] = {"load": [], "load_second": [], "switch": []}
     for _ in range(repeats):
+        gc.collect()  # the previous repeat's models
         base = copy.deepcopy(pristine)
-        gc.collect()
         seconds, adapted = _timed(lambda: libraries.load(library, base, first))
         results["load"].append(seconds)
         results["load_second"].append(_timed(lambda: libraries.load_second(library, adapted, second, "other"))[0])
         for i in range(SWITCHES_PER_REPEAT):
             name = "other" if i % 2 == 0 else "default"
             results["switch"].append(_timed(lambda: adapted.set_adapter(name))[0])
-        del adapted, base
     return results
 
 

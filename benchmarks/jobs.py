@@ -10,8 +10,6 @@ import sys
 from pathlib import Path
 from typing import Any
 
-from benchmarks.configs import METHODS
-
 REPO = Path(__file__).resolve().parent.parent
 RESULT_PREFIX = "RESULT "  # the worker's last stdout line: RESULT <json>
 LIBRARY_NAMES = {"hf": "HF PEFT", "peftlab": "peftlab", "torch": "torch", "floor": "torch", "base": "torch"}
@@ -84,7 +82,3 @@ def run_job(job: Job, settings: Settings) -> dict[str, Any]:
     tail = (proc.stderr.strip().splitlines() or ["no output"])[-1][:200]
     return {"status": "error", "note": f"worker exited {proc.returncode}: {tail}"}
 
-
-def is_method(config: str) -> bool:
-    """True for configurations measured with both libraries side by side."""
-    return config in METHODS

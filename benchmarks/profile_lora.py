@@ -43,7 +43,6 @@ def saved_for_backward_mb(model: Any, batch: dict[str, Any]) -> tuple[float, int
 
 def profile_library(model_name: str, config: str, library: str, steps: int, top: int, quick: bool) -> dict[str, Any]:
     """Profile `steps` training steps of `config` on `model_name` with `library` (in this process)."""
-    import torch
     from torch.profiler import ProfilerActivity, profile
 
     from benchmarks import libraries

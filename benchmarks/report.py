@@ -8,8 +8,7 @@ import math
 import os
 import platform
 import statistics
-from collections.abc import Iterable
-from collections.abc import Sequence
+from collections.abc import Iterable, Sequence
 from typing import Any
 
 from benchmarks.configs import INFERENCE, title
@@ -163,13 +162,15 @@ def render(models: Sequence[str], configs: Sequence[str], results: Results, sett
     lines = ["# Benchmarks: peftlab vs Hugging Face PEFT", "",
              f"Measured {datetime.datetime.now().strftime('%Y-%m-%d %H:%M')}.", *machine(),
              f"- torch threads: {settings.threads}; warmup {settings.warmup}, repeats {settings.repeats} per process, "
-             f"{rounds} round(s), each configuration in its own process{'; QUICK mode (tiny shapes)' if settings.quick else ''}",
+             f"{rounds} round(s), each configuration in its own process"
+             f"{'; QUICK mode (tiny shapes)' if settings.quick else ''}",
              f"- load average (1 min) at start / end: {load[0]:.2f} / {load[1]:.2f} (other work on the machine "
              "adds noise; every configuration of a model saw the same conditions, interleaved)",
              f"- command: `{command}`", "",
              "Times are medians over all measured steps; a step is forward + backward + AdamW step (the floor has no "
              "optimizer: forward + backward to the input embeddings only, all weights frozen). RSS is the process's "
-             "peak resident set (ru_maxrss), after model build + attach and at the end.", ""]
+             "peak resident set (ru_maxrss), after model build + attach and at the end. How and why: "
+             "benchmarks/README.md; a per-operator breakdown: `python -m benchmarks.profile_lora`.", ""]
     for model in models:
         preset = get_preset(model)
         shape = "2 x 32" if settings.quick else f"{preset.batch_size} x {preset.seq_len}"

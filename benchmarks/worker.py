@@ -1,7 +1,8 @@
 """One measurement in a fresh process: `python -m benchmarks.worker '<job json>'` prints `RESULT <json>` last.
 
 A worker imports only the library its job uses (peft adds about 3-9 MB of RSS and 1-3 s of start-up, which would
-otherwise slow every job). Peak RSS is read after the model is built and the method attached ("build"), and at the end ("peak").
+otherwise slow every job). Peak RSS is read after the model is built and the method attached ("build"), and at the
+end ("peak").
 """
 
 from __future__ import annotations
@@ -18,6 +19,7 @@ from benchmarks.configs import METHODS
 from benchmarks.jobs import RESULT_PREFIX
 from benchmarks.measure import peak_rss_mb, time_floor, time_training
 from benchmarks.models import build_model, get_preset
+
 
 def measure(job: dict[str, Any]) -> dict[str, Any]:
     """Build the job's model, apply its configuration, time it; a dict of raw measurements."""

@@ -1,0 +1,48 @@
+"""Task plumbing on real data and tokenizers (no training): batches, masks, image tensors, task lookup."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+
+from peftlab.study.data.examples import PromptCompletion
+from peftlab.study.errors import StudyError
+from peftlab.study.tasks import build_task
+from peftlab.study.tasks.base import TaskSpec, endless_batches
+from peftlab.study.tasks.causal_lm import IGNORE, normalise
+
+
+def test_sentiment_batches_are_padded_tokens_with_labels() -> None:
+    task = build_task(TaskSpec("sentiment", model="tiny-bert", max_length=16))
+    splits = task.splits()
+    assert (len(splits.test), len(splits.validation)) == (1000, 200)
+    batch = next(endless_batches(splits.train, 4, torch.Generator().manual_seed(0), task.collate))
+    assert batch["input_ids"].shape[0] == 4 and batch["input_ids"].shape[1] <= 16
+    assert batch["labels"].tolist() and set(batch["labels"].tolist()) <= {0, 1, 2}
+    assert task.fields_for("lora") == {}
+
+
+def test_image_batches_are_three_channel_normalised_squares() -> None:
+    task = build_task(TaskSpec("image", image_size=32, test_size=100, validation_size=50))
+    batch = task.collate(task.splits().train[:3])
+    assert batch["pixel_values"].shape == (3, 3, 32, 32)
+    assert -1.0 <= float(batch["pixel_values"].min()) and float(batch["pixel_values"].max()) <= 1.0
+    assert task.fields_for("lora")["modules_to_save"] == ("_fc",) and "targets" in task.fields_for("lora")
+    assert "targets" not in task.fields_for("bitfit")
+
+
+def test_causal_lm_batches_mask_the_prompt() -> None:
+    task = build_task(TaskSpec("arithmetic", model="tiny-llama", max_length=32))
+    example = PromptCompletion("12+34=", "46")
+    ids, labels = task.encode(example)
+    completion = task.tokenizer("46", add_special_tokens=False)["input_ids"] + [task.tokenizer.eos_token_id]
+    assert labels[-len(completion):] == completion and set(labels[:-len(completion)]) == {IGNORE}
+    batch = task.collate([example, PromptCompletion("1+1=", "2")])
+    assert batch["input_ids"].shape == batch["labels"].shape == batch["attention_mask"].shape
+    assert int(batch["attention_mask"][1].sum()) < batch["input_ids"].shape[1]  # right padding
+    assert normalise(" Paris. ") == normalise("paris")
+
+
+def test_unknown_task_names_the_choices() -> None:
+    with pytest.raises(StudyError, match="sentiment, topic, image, dialogue, arithmetic"):
+        build_task(TaskSpec("glue"))
