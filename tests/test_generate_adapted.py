@@ -110,3 +110,25 @@ def test_generate_with_loreft_edits_the_prompt_only() -> None:
     (bare_prompt, edited_prompt), (bare_step, edited_step) = seen
     assert not torch.equal(bare_prompt, edited_prompt)
     assert torch.equal(bare_step, edited_step), "a call continuing the cache was edited"
+
+
+POSITION_FREE = [m for m in peftlab.methods() if m not in ("prompt", "prefix", "loreft")]  # those three: above
+
+
+@pytest.mark.parametrize("method_id", POSITION_FREE)
+def test_generate_works_with_every_other_method(method_id: str) -> None:
+    """Weight deltas, inserted modules and selection act the same at every position: cached == uncached."""
+    ids, mask = _prompt_batch()
+    base_tokens = _generate(_llama(), ids, mask)
+    if method_id == "bitfit":  # Llama has no bias terms: BitFit must say so instead of training nothing
+        with pytest.raises(peftlab.TargetError, match="no module of this model is of a kind BitFit adapts"):
+            peftlab.adapt(_llama(), peftlab.config_for(method_id))
+        return
+    model = peftlab.adapt(_llama(), peftlab.config_for(method_id))
+    with torch.no_grad():
+        for param in model.parameters():
+            if param.requires_grad:
+                param.add_(0.5 * torch.randn(param.shape, generator=torch.Generator().manual_seed(5)))
+    tokens = _generate(model, ids, mask)
+    assert torch.equal(tokens, _greedy_without_cache(model, ids, mask))
+    assert not torch.equal(tokens, base_tokens), "the adapter did not change the generation"

@@ -1,4 +1,4 @@
-"""(IA)³, bottleneck adapters and sparse fine-tuning on the real MiniLM encoder, on real tweets: each trains (the loss
+"""(IA)³, bottleneck adapters, sparse fine-tuning, BitFit and full fine-tuning (the selection kind) on the real MiniLM encoder, on real tweets: each trains (the loss
 falls within a few steps, and the method's own tensors move, not just the new head) and its file round-trips."""
 
 from __future__ import annotations
@@ -17,6 +17,8 @@ CASES = {
     "ia3": (lambda: peftlab.IA3(), 24, 3e-2),  # key, value, attention.output.dense, output.dense
     "adapter": (lambda: peftlab.Adapter(preset="tiny"), 12, 1e-2),  # Houlsby: after attention and feed-forward
     "sparse": (lambda: peftlab.SparseFT(pruning=0.8, targets=["query", "value"]), 12, 1e-2),
+    "bitfit": (lambda: peftlab.BitFit(), 50, 1e-2),  # every bias: 8 per layer, embeddings LayerNorm, pooler
+    "full": (lambda: peftlab.FullFineTuning(), 53, 3e-4),  # selection: every module owning parameters, head apart
 }
 STEPS = 6
 ROWS = torch.tensor([0, 1, 2, 3, 8, 9, 10, 11, 16, 17, 18, 19])  # 4 tweets of each class (the batch holds 8 each)

@@ -155,5 +155,8 @@ def _nothing_matched(config: MethodConfig, targets: TargetSpec, named: list[tupl
     if config.exclude is not None:
         filters.append(f"exclude={config.exclude!r}")
     extra = f" with {', '.join(filters)}" if filters else ""
+    if not close:
+        return (f"{config.card.id}: targets={targets!r}{extra} matched nothing: no module of this model is of a kind "
+                f"{config.card.name} adapts ({config.card.inserted_at}); choose another method for this model")
     return (f"{config.card.id}: targets={targets!r}{extra} matched no module it can adapt. "
             f"Closest module names in this model: {', '.join(close)}")
