@@ -10,6 +10,8 @@ Jobs run one at a time, each in its own process; progress goes to stderr, the re
 from __future__ import annotations
 
 import argparse
+import dataclasses
+import json
 import os
 import shlex
 import sys
@@ -43,6 +45,8 @@ def parse_args(argv: list[str]) -> argparse.Namespace:
     parser.add_argument("--quick", action="store_true", help="tiny batches (2 x 32) and few repeats: a plumbing check")
     parser.add_argument("--timeout", type=float, default=3600.0, help="seconds allowed per worker process")
     parser.add_argument("--out", type=Path, default=None, help="also write the Markdown report here")
+    parser.add_argument("--raw", type=Path, default=None,
+                        help="also write every job's raw result (all step times, per round) as JSON here")
     args = parser.parse_args(argv)
     for name in args.models:
         get_preset(name)
@@ -74,6 +78,9 @@ def main(argv: list[str] | None = None) -> int:
     report = render(args.models, args.configs, pool(runs), settings, args.rounds, command,
                     (load_start, os.getloadavg()[0]))
     print(report)
+    if args.raw is not None:
+        raw = [{**dataclasses.asdict(job), **result} for job, result in runs]
+        args.raw.write_text(json.dumps({"command": command, "runs": raw}, indent=1) + "\n")
     if args.out is not None:
         args.out.parent.mkdir(parents=True, exist_ok=True)
         args.out.write_text(report + "\n")

@@ -81,3 +81,27 @@ def test_fused_dora_matches_readable_path() -> None:
     torch.testing.assert_close(out_f, out_p, atol=1e-5, rtol=1e-5)
     for g_f, g_p in zip(grads_f, grads_p, strict=True):
         torch.testing.assert_close(g_f, g_p, atol=1e-5, rtol=1e-5)
+
+
+def test_fused_dora_dropout_is_the_equation() -> None:
+    from peftlab.kernels.dora_linear import DoRALinearFunction
+
+    torch.manual_seed(0)
+    f64 = {"dtype": torch.float64}
+    x = torch.randn(2, 5, 10, **f64, requires_grad=True)
+    w, b = torch.randn(7, 10, **f64), torch.randn(7, **f64)
+    a = torch.randn(3, 10, **f64, requires_grad=True)
+    bb = torch.randn(7, 3, **f64, requires_grad=True)
+    m = torch.rand(7, **f64).add_(0.5).requires_grad_(True)
+    mask = torch.rand(2, 5, 10) > 0.3
+    fused = DoRALinearFunction.apply(x, w, b, a, bb, m, 0.5, mask, 0.7)
+    dropped = x * mask / 0.7
+    s = m / torch.linalg.vector_norm(w + 0.5 * bb @ a, dim=1).detach()
+    reference = x @ w.T + b + (s - 1) * (dropped @ w.T) + s * (0.5 * (dropped @ a.T) @ bb.T)  # HF PEFT's definition
+    torch.testing.assert_close(fused, reference)
+    # Gradients against autograd through the equation (the norm is a constant in both, as DoRA prescribes).
+    upstream = torch.randn_like(reference)
+    expected = torch.autograd.grad(reference, (x, a, bb, m), upstream)
+    got = torch.autograd.grad(fused, (x, a, bb, m), upstream)
+    for g_got, g_expected in zip(got, expected, strict=True):
+        torch.testing.assert_close(g_got, g_expected)

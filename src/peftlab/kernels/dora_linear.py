@@ -1,11 +1,15 @@
-"""One fused autograd function for a frozen Linear plus DoRA (no dropout):
+"""One fused autograd function for a frozen Linear plus DoRA, with or without dropout:
 
-    y = s ⊙ (W x + c · B A x) + b,      s = m / ‖W + c · B A‖_row  (the norm is a constant for the gradient)
+    y = W x + b + (s − 1) ⊙ W x' + s ⊙ c · B A x',     s = m / ‖W + c · B A‖_row  (a constant for the gradient)
 
-which equals base(x) + (s − 1) ⊙ (W x) + s ⊙ c · B A x without forming the base output, its bias-free copy and two
-rescaled copies. Saved for backward: x (kept by the model anyway), the (N, r) factor and z = W x + c · B A x, the
-one (N, d_out) tensor the magnitude's gradient needs:
-    ∂m = Σ_N (g ⊙ z) / ‖·‖,   ∂z = g ⊙ s,   ∂x = ∂z W + c (∂z B) A,   ∂B = c (∂z)ᵀ(A x),   ∂A = c (∂z B)ᵀ x.
+where x' = m_drop ⊙ x / keep is the dropped input (Hugging Face PEFT's definition). Without dropout x' = x and this is
+y = s ⊙ z + b with z = W x + c · B A x: one large product instead of the base output, its bias-free copy and two
+rescaled copies. With dropout it takes the two large products the definition needs (W x and W x'), and keeps no
+rescaled copies. Saved for backward: x (kept by the model anyway), the dropout mask (bool), the (N, r) factor A x' and
+z = W x' + c · B A x', the one (N, d_out) tensor the magnitude's gradient needs:
+    ∂m = Σ_N (g ⊙ z) / ‖·‖,   ∂z = g ⊙ s,   ∂(W x') = g ⊙ (s − 1),   ∂x' = ∂(W x') W + c (∂z B) A,
+    ∂x = g W + (m_drop / keep) ⊙ ∂x'    (without dropout: ∂x = ∂z W + c (∂z B) A),
+    ∂B = c (∂z)ᵀ(A x'),   ∂A = c (∂z B)ᵀ x'.
 """
 
 from __future__ import annotations
@@ -18,30 +22,45 @@ import torch
 class DoRALinearFunction(torch.autograd.Function):
     @staticmethod
     def forward(ctx: Any, x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None, lora_a: torch.Tensor,
-                lora_b: torch.Tensor, magnitude: torch.Tensor, scaling: float) -> torch.Tensor:
+                lora_b: torch.Tensor, magnitude: torch.Tensor, scaling: float, mask: torch.Tensor | None = None,
+                keep: float = 1.0) -> torch.Tensor:
         d_in, d_out = x.shape[-1], weight.shape[0]
         x2 = x.reshape(-1, d_in)  # (..., d_in) -> (N, d_in)
         with torch.no_grad():
             norm = torch.linalg.vector_norm(torch.addmm(weight, lora_b, lora_a, alpha=scaling), dim=1)  # (d_out,)
         scale = magnitude / norm  # (d_out,)
-        factor = x2 @ lora_a.T  # (N, r)
-        z = x2 @ weight.T  # (N, d_out)
-        z.addmm_(factor, lora_b.T, alpha=scaling)
-        out = torch.addcmul(bias, z, scale) if bias is not None else z * scale  # (N, d_out)
-        ctx.save_for_backward(x2, weight, lora_a, lora_b, factor, z, scale, norm)
-        ctx.scaling, ctx.lead_shape = scaling, x.shape[:-1]
+        mask2 = None if mask is None else mask.reshape(-1, d_in)
+        dropped = x2 if mask2 is None else x2 * mask2 * (1.0 / keep)  # (N, d_in)
+        factor = dropped @ lora_a.T  # (N, r)
+        w_dropped = dropped @ weight.T  # (N, d_out)
+        z = torch.addmm(w_dropped, factor, lora_b.T, alpha=scaling) if mask2 is not None else \
+            w_dropped.addmm_(factor, lora_b.T, alpha=scaling)  # W x' + c B A x'
+        if mask2 is None:
+            out = torch.addcmul(bias, z, scale) if bias is not None else z * scale
+        else:  # W x + b + s ⊙ z − W x'
+            out = torch.addmm(bias, x2, weight.T) if bias is not None else x2 @ weight.T
+            out.addcmul_(z, scale).sub_(w_dropped)
+        ctx.save_for_backward(x2, weight, lora_a, lora_b, factor, z, scale, norm, mask2)
+        ctx.scaling, ctx.keep, ctx.lead_shape = scaling, keep, x.shape[:-1]
         return out.view(*x.shape[:-1], d_out)  # (N, d_out) -> (..., d_out)
 
     @staticmethod
     def backward(ctx: Any, grad: torch.Tensor) -> tuple[torch.Tensor | None, ...]:
-        x2, weight, lora_a, lora_b, factor, z, scale, norm = ctx.saved_tensors
+        x2, weight, lora_a, lora_b, factor, z, scale, norm, mask2 = ctx.saved_tensors
         g2 = grad.reshape(-1, weight.shape[0])  # (..., d_out) -> (N, d_out)
         grad_m = (g2 * z).sum(0) / norm  # (d_out,)
         g_z = g2 * scale  # (N, d_out)
         g_factor = (g_z @ lora_b).mul_(ctx.scaling)  # (N, r)
         grad_b = (factor.T @ g_z).T.mul_(ctx.scaling)  # (r, N) @ (N, d_out) -> (d_out, r)
-        grad_a = g_factor.T @ x2  # (r, d_in)
+        dropped = x2 if mask2 is None else x2 * mask2 * (1.0 / ctx.keep)
+        grad_a = g_factor.T @ dropped  # (r, d_in)
         grad_x = None
         if ctx.needs_input_grad[0]:
-            grad_x = (g_z @ weight).addmm_(g_factor, lora_a).view(*ctx.lead_shape, x2.shape[-1])
-        return grad_x, None, None, grad_a, grad_b, grad_m, None
+            if mask2 is None:
+                grad_x = (g_z @ weight).addmm_(g_factor, lora_a)
+            else:
+                g_dropped = (g_z - g2) @ weight  # ∂x' through W x': g ⊙ (s − 1)
+                g_dropped.addmm_(g_factor, lora_a).mul_(mask2).mul_(1.0 / ctx.keep)
+                grad_x = (g2 @ weight).add_(g_dropped)
+            grad_x = grad_x.view(*ctx.lead_shape, x2.shape[-1])
+        return grad_x, None, None, grad_a, grad_b, grad_m, None, None, None

@@ -64,11 +64,12 @@ class DoRALinear(LoRALinear):
         return torch.linalg.norm(w + delta, dim=1)
 
     def forward(self, x: torch.Tensor, base: BaseCall) -> torch.Tensor:
-        no_dropout = isinstance(self.dropout, nn.Identity) or not self.training
-        if self.fused and no_dropout and self._can_fuse(x, base):
+        if self.fused and self._can_fuse(x, base):
             module = base.module
+            p = self.dropout.p if isinstance(self.dropout, nn.Dropout) and self.training else 0.0
+            mask = torch.rand_like(x) < 1.0 - p if p > 0 else None  # (..., d_in) bool
             return DoRALinearFunction.apply(x, module.weight, module.bias, self.lora_A.weight, self.lora_B.weight,
-                                            self.lora_magnitude_vector, self.scaling)
+                                            self.lora_magnitude_vector, self.scaling, mask, 1.0 - p)
         result = base(x)
         a = self.lora_A.weight
         module = base.module
