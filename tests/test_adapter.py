@@ -20,14 +20,6 @@ LLAMA = TinyModel("llama", tiny_llama, BERT.inputs)
 PLACEMENTS = ["houlsby", "pfeiffer", "parallel"]
 
 
-@pytest.fixture(autouse=True, scope="module")
-def _one_thread() -> Any:
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
-
-
 def _kinds(model: peftlab.AdaptedModel) -> dict[str, str]:
     """Layer 0's sites ("attention.output.dense", "mlp.c_fc", ...) by role: sequential or parallel adapter, or tap."""
     out = {}

@@ -9,7 +9,6 @@ and calls continuing the cache pass through the blocks unedited.
 
 from __future__ import annotations
 
-from typing import Any
 
 import pytest
 import torch
@@ -19,14 +18,6 @@ from tests.tiny_models import tiny_llama
 
 STEPS = 4
 SETTINGS = {"max_new_tokens": STEPS, "do_sample": False, "eos_token_id": None, "pad_token_id": 1}
-
-
-@pytest.fixture(autouse=True, scope="module")
-def _one_thread() -> Any:
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
 
 
 def _llama() -> torch.nn.Module:

@@ -37,15 +37,6 @@ LLAMA = TinyModel("llama", tiny_llama, BERT.inputs)  # same token batch, right-p
 ATOL = 1e-5
 
 
-@pytest.fixture(autouse=True, scope="module")
-def _one_thread() -> Any:
-    """Tiny matmuls gain nothing from threads; on a busy 2-core machine two threads make each one ~100x slower."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
-
-
 @dataclass(frozen=True)
 class Case:
     """One adapter, described once for each library. `hf` holds LoraConfig keyword arguments."""

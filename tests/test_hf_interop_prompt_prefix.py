@@ -31,15 +31,6 @@ ATOL = 1e-5
 N = 4  # virtual tokens
 
 
-@pytest.fixture(autouse=True, scope="module")
-def _one_thread() -> Any:
-    """Tiny matmuls gain nothing from threads; on a busy 2-core machine threads only slow each other down."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
-
-
 def _batch(causal: bool) -> dict[str, torch.Tensor]:
     g = torch.Generator().manual_seed(1)
     ids = torch.randint(2, 100, (2, 7), generator=g)

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-from typing import Any
 
 import pytest
 import torch
@@ -12,14 +11,6 @@ from peftlab.methods.loreft import ReFTSite
 from tests.tiny_models import tiny_llama
 
 D = 32  # tiny_llama's hidden size
-
-
-@pytest.fixture(autouse=True, scope="module")
-def _one_thread() -> Any:
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
 
 
 def _llama() -> torch.nn.Module:

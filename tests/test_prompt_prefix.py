@@ -14,14 +14,6 @@ import peftlab
 from tests.tiny_models import MLP, tiny_bert, tiny_gpt2, tiny_llama
 
 
-@pytest.fixture(autouse=True, scope="module")
-def _one_thread() -> Any:
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
-
-
 def _seeded(build: Any) -> torch.nn.Module:
     torch.manual_seed(0)
     return build().eval()

@@ -4,7 +4,6 @@ falls within a few steps, and the method's own tensors move, not just the new he
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Any
 
 import pytest
 import torch
@@ -22,15 +21,6 @@ CASES = {
 }
 STEPS = 6
 ROWS = torch.tensor([0, 1, 2, 3, 8, 9, 10, 11, 16, 17, 18, 19])  # 4 tweets of each class (the batch holds 8 each)
-
-
-@pytest.fixture(autouse=True, scope="module")
-def _one_thread() -> Any:
-    """On a busy 2-core machine, two threads per process make each step several times slower."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
 
 
 @pytest.mark.parametrize("method_id", list(CASES))

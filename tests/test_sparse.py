@@ -18,14 +18,6 @@ TINY = {m.name: m for m in MODELS}
 BERT, GPT2, CONVNET = TINY["bert"], TINY["gpt2"], TINY["convnet"]
 
 
-@pytest.fixture(autouse=True, scope="module")
-def _one_thread() -> Any:
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
-
-
 def _train(model: peftlab.AdaptedModel, tiny: TinyModel, steps: int = 3) -> None:
     opt = torch.optim.AdamW([p for p in model.parameters() if p.requires_grad], lr=1e-2)
     for _ in range(steps):
