@@ -22,7 +22,7 @@ import torch
 from torch import nn
 
 import peftlab
-from tests.test_hf_interop_lora import (BERT, CONVNET, GPT2, LLAMA, _base, _one_thread, _outputs,  # noqa: F401
+from tests.test_hf_interop_lora import (BERT, CONVNET, GPT2, LLAMA, _base, _outputs,
                                         _perturb, _same_model, _same_tensors)
 from tests.tiny_models import TinyModel
 
