@@ -26,11 +26,12 @@ class ConvNet(nn.Module):
     def __init__(self) -> None:
         super().__init__()
         self.conv1 = nn.Conv2d(3, 8, 3, padding=1)
+        self.bn = nn.BatchNorm2d(8)
         self.conv2 = nn.Conv2d(8, 8, 3, stride=2, padding=1)
         self.fc = nn.Linear(8, 5)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        h = torch.relu(self.conv2(torch.relu(self.conv1(x))))  # (B, 8, H/2, W/2)
+        h = torch.relu(self.conv2(torch.relu(self.bn(self.conv1(x)))))  # (B, 8, H/2, W/2)
         return self.fc(h.mean(dim=(2, 3)))  # (B, 8) -> (B, 5)
 
 

@@ -8,6 +8,11 @@ from torch import nn
 from peftlab.core.layer import BaseCall
 
 
+# Modules whose bias is per channel on dim 1 of a (B, C, ...) output; others (Linear, LayerNorm) on the last dim.
+CHANNEL_FIRST = (nn.modules.conv._ConvNd, nn.modules.batchnorm._BatchNorm, nn.modules.instancenorm._InstanceNorm,
+                 nn.GroupNorm)
+
+
 def has_bias(module: nn.Module) -> bool:
     bias = getattr(module, "bias", None)
     return isinstance(bias, torch.Tensor) and bias.dim() == 1
@@ -19,7 +24,7 @@ class BiasDelta(nn.Module):
     def __init__(self, module: nn.Module) -> None:
         super().__init__()
         self.bias_delta = nn.Parameter(torch.zeros_like(module.bias))
-        self.channel_dim = 1 if isinstance(module, nn.modules.conv._ConvNd) else -1
+        self.channel_dim = 1 if isinstance(module, CHANNEL_FIRST) else -1
 
     def forward(self, x: torch.Tensor, base: BaseCall) -> torch.Tensor:
         result = base(x)

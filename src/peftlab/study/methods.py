@@ -30,18 +30,18 @@ SURVEY_METHODS: dict[str, tuple[str, dict[str, Any]]] = {
 }
 
 # Peak learning rate per registry id for the study's short budgets (~150-250 steps of batch 16); tuned on the
-# default study (see docs/study.md). Methods that train few, multiplicative or input-side parameters need more.
+# default study with a x2.5 sweep (see docs/study.md). Methods that train few, multiplicative or input-side parameters need more.
 DEFAULT_LR: dict[str, float] = {
     "full": 1e-4,
-    "adapter": 1e-3,
-    "lora": 2e-3,
-    "dora": 2e-3,
-    "loreft": 2e-3,
-    "prefix": 1e-2,
+    "adapter": 3e-3,
+    "lora": 5e-3,
+    "dora": 5e-3,
+    "loreft": 5e-3,
+    "prefix": 3e-2,
     "prompt": 3e-2,
     "sparse": 3e-4,
     "bitfit": 5e-3,
-    "ia3": 1e-2,
+    "ia3": 3e-2,
 }
 FALLBACK_LR = 1e-3
 

@@ -17,6 +17,17 @@ def _pyplot():  # noqa: ANN202  (matplotlib.pyplot, imported lazily with a file-
     return plt
 
 
+MARKERS = "osD^vP*Xp<>h"
+
+
+def styles(methods: Sequence[str]) -> dict[str, dict[str, object]]:
+    """One colour (tab20) and marker per method, the same in every figure of a report."""
+    plt = _pyplot()
+    palette = plt.get_cmap("tab20")
+    return {m: {"color": palette((2 * i) % 20 + (i // 10) % 2), "marker": MARKERS[i % len(MARKERS)]}
+            for i, m in enumerate(dict.fromkeys(methods))}
+
+
 def metric_vs(summaries: Sequence[Summary], field: str, xlabel: str, metric: str, path: Path, *,
               log_x: bool = False) -> Path | None:
     """Scatter of mean test metric (± std over seeds) against a resource; one labelled point per method."""
@@ -25,9 +36,10 @@ def metric_vs(summaries: Sequence[Summary], field: str, xlabel: str, metric: str
         return None
     plt = _pyplot()
     fig, ax = plt.subplots(figsize=(7, 4.5))
+    style = styles([s.method for s in rows])
     for s in rows:
         x, (y, dy) = s.values[field][0], s.values["test_metric"]
-        ax.errorbar(x, y, yerr=dy if dy else None, fmt="o", capsize=3)
+        ax.errorbar(x, y, yerr=dy if dy else None, linestyle="none", capsize=3, **style[s.method])
         ax.annotate(s.method, (x, y), textcoords="offset points", xytext=(5, 4), fontsize=8)
     if log_x and all(s.mean(field) > 0 for s in rows):
         ax.set_xscale("log")
@@ -43,8 +55,9 @@ def learning_curves(summaries: Sequence[Summary], metric: str, path: Path) -> Pa
         return None
     plt = _pyplot()
     fig, ax = plt.subplots(figsize=(7, 4.5))
+    style = styles([s.method for s in rows])
     for s in rows:
-        ax.plot([p[0] for p in s.curve], [p[1] for p in s.curve], marker=".", label=s.method)
+        ax.plot([p[0] for p in s.curve], [p[1] for p in s.curve], label=s.method, **style[s.method])
     ax.set(xlabel="training step", ylabel=f"validation {metric}", title="learning curves")
     ax.grid(alpha=0.3)
     ax.legend(fontsize=7, ncol=2)
@@ -61,10 +74,11 @@ def data_size(summaries: Sequence[Summary], metric: str, path: Path) -> Path | N
         return None
     plt = _pyplot()
     fig, ax = plt.subplots(figsize=(7, 4.5))
+    style = styles(list(by_method))
     for method, rows in by_method.items():
         rows = sorted(rows, key=lambda s: s.mean("train_examples"))
         ax.errorbar([s.mean("train_examples") for s in rows], [s.mean("test_metric") for s in rows],
-                    yerr=[s.values["test_metric"][1] for s in rows], marker="o", capsize=3, label=method)
+                    yerr=[s.values["test_metric"][1] for s in rows], capsize=3, label=method, **style[method])
     ax.set_xscale("log")
     ax.set(xlabel="training examples", ylabel=f"test {metric}", title=f"test {metric} vs data size")
     ax.grid(alpha=0.3)

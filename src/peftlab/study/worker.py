@@ -10,6 +10,7 @@ import argparse
 import json
 import math
 import os
+import shutil
 import sys
 import threading
 import time
@@ -18,24 +19,40 @@ from datetime import datetime, timezone
 from pathlib import Path
 from typing import Any
 
-from peftlab.study import events
-from peftlab.study.plan import RunSpec
+import torch
+from torch import nn
+
+import peftlab
+from peftlab.study import events, measure
+from peftlab.study.data.split import Splits, subsample
+from peftlab.study.methods import build_config
+from peftlab.study.plan import RunSettings, RunSpec
 from peftlab.study.results import SCHEMA_VERSION
-from peftlab.train import process_peak_rss_mb
+from peftlab.study.tasks import Task, build_task
+from peftlab.study.tasks.base import endless_batches
+from peftlab.train import (TrainConfig, move_batch, peak_memory_mb, process_peak_rss_mb, reset_peak_memory,
+                           resolve_device, run_evaluation, seed_everything, train)
 
 SPEC_FILE = "spec.json"
 RESULT_FILE = "result.json"
 
 
 class Phase:
-    """The step a run is in, so that a failure says where it happened."""
+    """The step a run is in, so that a failure says where it happened, and how long each step took."""
 
     def __init__(self) -> None:
         self.name = "start"
+        self.started = time.perf_counter()
+        self.seconds: dict[str, float] = {}
 
     def enter(self, name: str) -> None:
-        self.name = name
+        self.close()
+        self.name, self.started = name, time.perf_counter()
         events.emit("phase", phase=name)
+
+    def close(self) -> None:
+        self.seconds[self.name] = self.seconds.get(self.name, 0.0) + time.perf_counter() - self.started
+        self.started = time.perf_counter()
 
 
 def base_record(spec: RunSpec) -> dict[str, Any]:
@@ -61,6 +78,8 @@ def execute(spec: RunSpec, run_dir: Path) -> dict[str, Any]:
         traceback.print_exc()
         record.update(status="failed", error=f"{type(err).__name__}: {err}", failed_phase=phase.name)
     finally:
+        phase.close()
+        record["phase_seconds"] = phase.seconds
         record["wall_seconds"] = time.perf_counter() - start
         record["process_peak_rss_mb"] = process_peak_rss_mb()
         record.setdefault("peak_memory_mb", None)
@@ -69,53 +88,69 @@ def execute(spec: RunSpec, run_dir: Path) -> dict[str, Any]:
 
 
 def _run(spec: RunSpec, run_dir: Path, record: dict[str, Any], phase: Phase) -> None:
-    """The body of a run; fills `record` as it goes, so a failure keeps what was measured before it."""
-    import peftlab
-    from peftlab.study import measure
-    from peftlab.study.data.split import subsample
-    from peftlab.study.methods import build_config
-    from peftlab.study.tasks import build_task
-    from peftlab.study.tasks.base import endless_batches
-    from peftlab.train import TrainConfig, peak_memory_mb, reset_peak_memory, resolve_device, seed_everything, train
+    """The body of a run, phase by phase; each phase fills `record`, so a failure keeps what was measured."""
+    device = _setup(spec.settings, record)
+    phase.enter("load")
+    task, splits, train_examples, base = _load(spec, record)
+    phase.enter("adapt")
+    model, config = _adapt(spec, task, base, device, record)
+    phase.enter("train")
+    _train(spec, task, model, splits, train_examples, device, record)
+    phase.enter("test")
+    _test(task, model, splits, device, record)
+    phase.enter("save")
+    _save(model, run_dir / "adapter", spec.settings.save_adapter, record)
+    phase.enter("latency")
+    _latency(task, model, splits, device, spec.settings, bool(type(config).card.mergeable), record)
 
-    settings = spec.settings
+
+def _setup(settings: RunSettings, record: dict[str, Any]) -> torch.device:
     if settings.threads is not None:
-        import torch
-
         torch.set_num_threads(settings.threads)
     device = resolve_device(settings.device)
     record.update(versions=measure.versions(), hardware=measure.hardware(device),
                   memory_kind="cuda_max_allocated" if device.type == "cuda" else "process_peak_rss")
+    return device
 
-    phase.enter("load")
-    generator = seed_everything(spec.seed)
+
+def _load(spec: RunSpec, record: dict[str, Any]) -> tuple[Task, Splits, list[Any], nn.Module]:
+    """The task, its fixed split, this run's training subset, and a fresh base model (seeded)."""
+    seed_everything(spec.seed)
     task = build_task(spec.task)
     splits = task.splits()
     train_examples = subsample(splits.train, spec.train_size, spec.task.data_seed)
     record.update(model=task.model_ref, task_info=task.describe(), train_examples=len(train_examples),
                   metric=task.metric, higher_is_better=task.higher_is_better, curve_metric=task.curve_metric)
-    base = task.build_model()
-    base_params = sum(p.numel() for p in base.parameters())
+    return task, splits, train_examples, task.build_model()
 
-    phase.enter("adapt")
+
+def _adapt(spec: RunSpec, task: Task, base: nn.Module, device: torch.device,
+           record: dict[str, Any]) -> tuple[Any, Any]:
+    """The method's config (task fields, then the user's) and the adapted model on `device`."""
+    base_params = sum(p.numel() for p in base.parameters())
     config = build_config(spec.method, task.fields_for(spec.method.method_id))
     record["config"]["method"] = config.to_dict()
-    mergeable = bool(type(config).card.mergeable)
-    record["mergeable"] = mergeable
+    record["mergeable"] = bool(type(config).card.mergeable)
     model = peftlab.adapt(base, config).to(device)
     trainable = model.trainable_parameters()
     record.update(trainable_params=trainable, base_params=base_params, total_params=model.total_parameters(),
-                  trainable_percent=100.0 * trainable / base_params,
-                  rss_after_load_mb=process_peak_rss_mb())
+                  trainable_percent=100.0 * trainable / base_params, rss_after_load_mb=process_peak_rss_mb())
+    return model, config
 
-    phase.enter("train")
-    train_config = TrainConfig(steps=settings.steps, lr=spec.method.lr, warmup=settings.warmup,
-                               weight_decay=settings.weight_decay, grad_clip=settings.grad_clip,
-                               eval_every=settings.eval_every, device=str(device))
-    record["config"]["train"] = train_config.to_dict()
+
+def _train(spec: RunSpec, task: Task, model: nn.Module, splits: Splits, train_examples: list[Any],
+           device: torch.device, record: dict[str, Any]) -> None:
+    settings = spec.settings
+    config = TrainConfig(steps=settings.steps, lr=spec.method.lr, warmup=settings.warmup,
+                         weight_decay=settings.weight_decay, grad_clip=settings.grad_clip,
+                         eval_every=settings.eval_every, device=str(device))
+    record["config"]["train"] = config.to_dict()
+    generator = torch.Generator().manual_seed(spec.seed)  # data order
+    batches = endless_batches(train_examples, settings.batch_size, generator, task.collate,
+                              length=task.length if settings.group_by_length else None)
     reset_peak_memory(device)
-    result = train(model, endless_batches(train_examples, settings.batch_size, generator, task.collate), task.loss,
-                   train_config, device=device, train_mode=task.train_mode,
+    result = train(model, batches, task.loss,
+                   config, device=device, train_mode=task.train_mode,
                    evaluate=lambda m: task.evaluate(m, splits.validation, device, final=False),
                    on_event=lambda e: events.emit(e.kind, step=e.step, total=e.total, loss=e.loss,
                                                   metrics=e.metrics))
@@ -124,32 +159,31 @@ def _run(spec: RunSpec, run_dir: Path, record: dict[str, Any], phase: Phase) -> 
                   final_train_loss=result.losses[-1], curve=result.curve,
                   validation={k: v for k, v in result.curve[-1].items() if k not in ("step", "train_loss")})
 
-    phase.enter("test")
-    model.eval()
-    import torch
 
-    with torch.no_grad():
-        test = task.evaluate(model, splits.test, device, final=True)
+def _test(task: Task, model: nn.Module, splits: Splits, device: torch.device, record: dict[str, Any]) -> None:
+    test = run_evaluation(model, lambda m: task.evaluate(m, splits.test, device, final=True))
     record.update(test=test, test_metric=test[task.metric])
     if not math.isfinite(record["test_metric"]):
         raise FloatingPointError(f"the test {task.metric} is {record['test_metric']}")
 
-    phase.enter("save")
-    adapter_dir = run_dir / "adapter"
-    model.save(str(adapter_dir))
-    record.update(adapter_bytes=measure.folder_bytes(adapter_dir),
-                  adapter_path=str(adapter_dir) if settings.save_adapter else None)
-    if not settings.save_adapter:
-        import shutil
 
-        shutil.rmtree(adapter_dir, ignore_errors=True)
+def _save(model: Any, folder: Path, keep: bool, record: dict[str, Any]) -> None:
+    """Save the adapter (`model.save`), measure its size, and delete it unless `keep`."""
+    model.save(str(folder))
+    record.update(adapter_bytes=measure.folder_bytes(folder), adapter_path=str(folder) if keep else None)
+    if not keep:
+        shutil.rmtree(folder, ignore_errors=True)
 
-    phase.enter("latency")
-    batch = {k: v.to(device) if hasattr(v, "to") else v
-             for k, v in task.collate(splits.test[: settings.latency_batch]).items()}
+
+def _latency(task: Task, model: Any, splits: Splits, device: torch.device, settings: RunSettings,
+             mergeable: bool, record: dict[str, Any]) -> None:
+    """Median forward time of one test batch, unmerged, and merged when the method can merge."""
+    examples = splits.test[: settings.latency_batch]
+    batch = move_batch(task.collate(examples), device)
+    model.eval()
     timed = lambda: task.infer(model, batch)  # noqa: E731
-    latency = {"batch": len(splits.test[: settings.latency_batch]),
-               "unmerged_ms": measure.latency_ms(timed, device, settings.latency_repeats), "merged_ms": None}
+    latency: dict[str, Any] = {"batch": len(examples), "merged_ms": None,
+                               "unmerged_ms": measure.latency_ms(timed, device, settings.latency_repeats)}
     if mergeable:
         try:
             model.merge_adapter()

@@ -53,6 +53,9 @@ class CausalLMTask:
         return {"task": self.name, "kind": "causal-lm", "model": self.model_ref, "examples": len(self.pairs),
                 "test_size": self.test_size, "validation_size": self.validation_size, "chat": self.chat}
 
+    def length(self, example: PromptCompletion) -> int:
+        return len(example.prompt) + len(example.completion)
+
     def fields_for(self, method_id: str) -> dict[str, Any]:
         return {}
 

@@ -39,6 +39,9 @@ class ClassificationTask:
                 "classes": self.data.label_names, "examples": len(self.data.examples),
                 "test_size": self.test_size, "validation_size": self.validation_size}
 
+    def length(self, example: Labeled) -> int | None:
+        return self.encoder.length(example)
+
     def fields_for(self, method_id: str) -> dict[str, Any]:
         return self.encoder.fields_for(method_id)
 

@@ -22,6 +22,7 @@ class Encoder(Protocol):
     model_ref: str
 
     def fields_for(self, method_id: str) -> dict[str, Any]: ...
+    def length(self, example: Labeled) -> int | None: ...
     def build_model(self, num_labels: int) -> nn.Module: ...
     def collate(self, examples: Sequence[Labeled]) -> Batch: ...
     def logits(self, model: nn.Module, batch: Batch) -> torch.Tensor: ...
@@ -36,6 +37,7 @@ class TextEncoder:
         self.model_ref = model_ref
         self.max_length = max_length
         self._tokenizer: Any = None
+        self._lengths: dict[str, int] = {}
 
     @property
     def tokenizer(self) -> Any:
@@ -59,8 +61,15 @@ class TextEncoder:
         inputs = {k: v for k, v in batch.items() if k != "labels"}
         return model(**inputs).logits  # (B, num_labels)
 
+    def length(self, example: Labeled) -> int:
+        """Tokens of the example after truncation (cached: called once per example per epoch)."""
+        if example.x not in self._lengths:
+            ids = self.tokenizer(example.x, truncation=True, max_length=self.max_length)["input_ids"]
+            self._lengths[example.x] = len(ids)
+        return self._lengths[example.x]
+
     def eval_order(self, examples: Sequence[Labeled]) -> list[Labeled]:
-        return sorted(examples, key=lambda e: len(e.x))  # similar lengths together: less padding
+        return sorted(examples, key=self.length)  # similar lengths together: less padding
 
     def train_mode(self, model: nn.Module) -> None:
         model.train()
@@ -73,19 +82,22 @@ class ImageEncoder:
     a frozen-base method really leaves the base model unchanged.
     """
 
-    # Methods whose default targets are transformer module names adapt the CNN's pointwise (1x1) convolutions.
+    # Methods whose default targets are transformer module names adapt the CNN's pointwise (1x1) convolutions;
+    # bottleneck adapters sit after each block's projection. DoRA adapts linear layers only, and the input-side and
+    # representation methods need a token sequence: those runs fail with the method's own error, recorded.
     CONV_TARGETS = r"_blocks\.\d+\._(expand|project)_conv|_conv_head"
-    CONV_METHODS = ("lora", "dora", "ia3", "sparse")
+    METHOD_TARGETS = {"lora": CONV_TARGETS, "ia3": CONV_TARGETS, "sparse": CONV_TARGETS,
+                      "adapter": r"_blocks\.\d+\._project_conv"}
 
     def __init__(self, model_ref: str, image_size: int) -> None:
         self.model_ref = model_ref
         self.image_size = image_size
 
     def fields_for(self, method_id: str) -> dict[str, Any]:
-        """The new head `_fc` is trained and saved; see CONV_TARGETS."""
+        """The new head `_fc` is trained and saved; see METHOD_TARGETS."""
         fields: dict[str, Any] = {"modules_to_save": ("_fc",)}
-        if method_id in self.CONV_METHODS:
-            fields["targets"] = self.CONV_TARGETS
+        if method_id in self.METHOD_TARGETS:
+            fields["targets"] = self.METHOD_TARGETS[method_id]
         return fields
 
     def build_model(self, num_labels: int) -> nn.Module:
@@ -103,6 +115,9 @@ class ImageEncoder:
 
     def logits(self, model: nn.Module, batch: Batch) -> torch.Tensor:
         return model(batch["pixel_values"])  # (B, num_labels)
+
+    def length(self, example: Labeled) -> None:
+        return None  # all images have the same size
 
     def eval_order(self, examples: Sequence[Labeled]) -> list[Labeled]:
         return list(examples)
