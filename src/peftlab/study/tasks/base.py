@@ -89,7 +89,7 @@ def endless_batches(examples: Sequence[T], batch_size: int, generator: torch.Gen
         order = torch.randperm(len(examples), generator=generator).tolist()
         order = order[: len(order) - len(order) % size]
         batches = [order[i:i + size] for i in range(0, len(order), size)]
-        if length is not None:
+        if length is not None and length(examples[0]) is not None:  # images have no length: plain random batches
             batches = _length_grouped(batches, examples, length, group, generator)
         for indices in batches:
             yield collate([examples[i] for i in indices])
