@@ -30,7 +30,6 @@ if TYPE_CHECKING:
 
 CONFIG_NAME = "adapter_config.json"
 WEIGHTS_NAME = "adapter_model.safetensors"
-PREFIX = "base_model.model."
 
 
 def adapter_tensors(model: AdaptedModel, name: str) -> dict[str, torch.Tensor]:
