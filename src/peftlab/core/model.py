@@ -208,13 +208,13 @@ class AdaptedModel(nn.Module):
         return merged
 
     def _check_mergeable(self, names: Sequence[str]) -> None:
+        owners = self._parameter_owners()
         for name in names:
             self._require(name)
             method = self.configs[name].card
-            if name in self.model_adapters or not method.mergeable:
+            if not method.mergeable:
                 raise AdapterStateError(f"adapter {name!r} uses {method.name}, which is not mergeable ({method.kind.value}"
                                         "); it must stay attached. Use the AdaptedModel as is, or unload() to drop it")
-            owners = self._parameter_owners()
             for path, (site, module) in self.site_adapters(name).items():
                 if not isinstance(site, MergeableSite):
                     raise AdapterStateError(f"adapter {name!r} at {path!r} cannot be merged")
@@ -281,11 +281,6 @@ class AdaptedModel(nn.Module):
 
     def total_parameters(self) -> int:
         return sum(p.numel() for p in self.parameters())
-
-    def base_parameters(self) -> int:
-        """Parameters of the base model alone (no adapter tensors)."""
-        adapter_ids = {id(p) for name in self.configs for p in self._adapter_parameters(name)}
-        return sum(p.numel() for p in self.parameters() if id(p) not in adapter_ids)
 
     def summary(self) -> str:
         """Method, sites adapted, trainable / total parameters and percentage, per adapter."""

@@ -28,14 +28,18 @@ def styles(methods: Sequence[str]) -> dict[str, dict[str, object]]:
             for i, m in enumerate(dict.fromkeys(methods))}
 
 
+def _figure() -> tuple:
+    """A new figure and axes of the report's size."""
+    return _pyplot().subplots(figsize=(7, 4.5))
+
+
 def metric_vs(summaries: Sequence[Summary], field: str, xlabel: str, metric: str, path: Path, *,
               log_x: bool = False) -> Path | None:
     """Scatter of mean test metric (± std over seeds) against a resource; one labelled point per method."""
     rows = [s for s in summaries if s.mean("test_metric") is not None and s.mean(field) is not None]
     if not rows:
         return None
-    plt = _pyplot()
-    fig, ax = plt.subplots(figsize=(7, 4.5))
+    fig, ax = _figure()
     style = styles([s.method for s in rows])
     for s in rows:
         x, (y, dy) = s.values[field][0], s.values["test_metric"]
@@ -53,8 +57,7 @@ def learning_curves(summaries: Sequence[Summary], metric: str, path: Path) -> Pa
     rows = [s for s in summaries if s.curve]
     if not rows:
         return None
-    plt = _pyplot()
-    fig, ax = plt.subplots(figsize=(7, 4.5))
+    fig, ax = _figure()
     style = styles([s.method for s in rows])
     for s in rows:
         ax.plot([p[0] for p in s.curve], [p[1] for p in s.curve], label=s.method, **style[s.method])
@@ -72,8 +75,7 @@ def data_size(summaries: Sequence[Summary], metric: str, path: Path) -> Path | N
             by_method.setdefault(s.method, []).append(s)
     if not any(len(v) > 1 for v in by_method.values()):
         return None
-    plt = _pyplot()
-    fig, ax = plt.subplots(figsize=(7, 4.5))
+    fig, ax = _figure()
     style = styles(list(by_method))
     for method, rows in by_method.items():
         rows = sorted(rows, key=lambda s: s.mean("train_examples"))
