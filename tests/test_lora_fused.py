@@ -7,6 +7,7 @@ import torch
 from torch import nn
 
 import peftlab
+from peftlab.kernels.dropout_mask import DropoutMask
 from peftlab.kernels.lora_linear import LoRALinearFunction, lora_linear
 
 
@@ -52,7 +53,7 @@ def test_fused_dropout_is_the_equation() -> None:
     reference = x @ w.T + b + 0.5 * ((x * mask / 0.75) @ a.T) @ bb.T
     torch.testing.assert_close(fused, reference)
     assert torch.autograd.gradcheck(
-        lambda x_, a_, b_: LoRALinearFunction.apply(x_, w, b, a_, b_, 0.5, mask, 0.75), (x, a, bb))
+        lambda x_, a_, b_: LoRALinearFunction.apply(x_, w, b, a_, b_, 0.5, DropoutMask.from_kept(mask, 0.25)), (x, a, bb))
 
 
 def test_fused_dropout_draws_a_fresh_mask_in_training_only() -> None:
@@ -86,7 +87,7 @@ def test_fused_dora_dropout_is_the_equation() -> None:
     bb = torch.randn(7, 3, **f64, requires_grad=True)
     m = torch.rand(7, **f64).add_(0.5).requires_grad_(True)
     mask = torch.rand(2, 5, 10) > 0.3
-    fused = DoRALinearFunction.apply(x, w, b, a, bb, m, 0.5, mask, 0.7)
+    fused = DoRALinearFunction.apply(x, w, b, a, bb, m, 0.5, DropoutMask.from_kept(mask, 0.3))
     dropped = x * mask / 0.7
     s = m / torch.linalg.vector_norm(w + 0.5 * bb @ a, dim=1).detach()
     reference = x @ w.T + b + (s - 1) * (dropped @ w.T) + s * (0.5 * (dropped @ a.T) @ bb.T)  # HF PEFT's definition

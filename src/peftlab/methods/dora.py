@@ -22,6 +22,7 @@ from peftlab.core.targets import linear_types
 from peftlab.core.typology import AttachKind, MethodCard
 from peftlab.core.bias_site import BiasDelta
 from peftlab.kernels.dora_linear import DoRALinearFunction
+from peftlab.kernels.dropout_mask import DropoutMask
 from peftlab.methods.lora import LoRA, LoRALinear
 
 
@@ -67,9 +68,9 @@ class DoRALinear(LoRALinear):
         if self.fused and self._can_fuse(x, base):
             module = base.module
             p = self.dropout.p if isinstance(self.dropout, nn.Dropout) and self.training else 0.0
-            mask = torch.rand_like(x) < 1.0 - p if p > 0 else None  # (..., d_in) bool
+            mask = DropoutMask.sample(x, p) if p > 0 else None
             return DoRALinearFunction.apply(x, module.weight, module.bias, self.lora_A.weight, self.lora_B.weight,
-                                            self.lora_magnitude_vector, self.scaling, mask, 1.0 - p)
+                                            self.lora_magnitude_vector, self.scaling, mask)
         result = base(x)
         a = self.lora_A.weight
         module = base.module
