@@ -6,6 +6,9 @@ Hugging Face PEFT is used only through its public API (`get_peft_model`, `PeftMo
 
 from __future__ import annotations
 
+import contextlib
+from collections.abc import Callable
+from contextlib import AbstractContextManager
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
@@ -44,6 +47,19 @@ def attach(library: str, spec: MethodSpec, preset: ModelPreset, model: nn.Module
 
         return peftlab.adapt(model, peftlab_config(spec, preset))
     raise ValueError(f"unknown library {library!r}; expected one of {LIBRARIES}")
+
+
+def bypassed(library: str, model: nn.Module) -> tuple[Callable[..., Any], Callable[[], AbstractContextManager]]:
+    """(the plain model's forward, a context in which the method is off) for an adapted model: the floor of the
+    same weights. "torch" (full fine-tuning) has no method: the model itself, and a context that does nothing."""
+    if library == "hf":
+        # Prompt learning lives in PeftModel.forward, so the base model alone is already the floor; HF PEFT 0.21's
+        # disable_adapter() also fails on prompt learning for sequence classification (UnboundLocalError).
+        prompt_learning = model.active_peft_config.is_prompt_learning
+        return model.get_base_model(), contextlib.nullcontext if prompt_learning else model.disable_adapter
+    if library == "peftlab":
+        return model.base_model, model.disable_adapters
+    return model, contextlib.nullcontext
 
 
 def load(library: str, model: nn.Module, path: Path) -> nn.Module:

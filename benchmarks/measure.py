@@ -2,10 +2,11 @@
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import resource
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 
 import torch
 from torch import nn
@@ -67,21 +68,65 @@ def time_training(model: nn.Module, batch: Batch, warmup: int, repeats: int, lr:
     return run_steps(lambda: model(**batch).loss, optimizer, warmup, repeats)
 
 
-def time_floor(model: nn.Module, batch: Batch, warmup: int, repeats: int) -> StepTimes:
-    """The floor: every parameter frozen; gradients flow to a leaf `inputs_embeds` only (no weight grads, no
-    optimizer). Any method's step needs at least this forward and this activation backward."""
-    for param in model.parameters():
-        param.requires_grad_(False)
+def floor_forward(call: Callable[..., object], embeddings: nn.Module, batch: Batch) -> Callable[[], torch.Tensor]:
+    """The floor's forward through `call` (a model forward that accepts inputs_embeds): the input embeddings are
+    computed once, without grad, and fed as a leaf tensor with requires_grad=True, so that the backward reaches every
+    activation but no weight."""
     with torch.no_grad():
-        embeds = model.get_input_embeddings()(batch["input_ids"])  # (B, T) -> (B, T, D)
+        embeds = embeddings(batch["input_ids"])  # (B, T) -> (B, T, D)
     leaf = embeds.detach().requires_grad_(True)
     rest = {k: v for k, v in batch.items() if k != "input_ids"}
 
     def forward() -> torch.Tensor:
         leaf.grad = None
-        return model(inputs_embeds=leaf, **rest).loss
+        return call(inputs_embeds=leaf, **rest).loss
 
-    return run_steps(forward, None, warmup, repeats)
+    return forward
+
+
+def time_floor(model: nn.Module, batch: Batch, warmup: int, repeats: int) -> StepTimes:
+    """The floor: every parameter frozen; gradients flow to a leaf `inputs_embeds` only (no weight grads, no
+    optimizer). Any method's step needs at least this forward and this activation backward."""
+    for param in model.parameters():
+        param.requires_grad_(False)
+    return run_steps(floor_forward(model, model.get_input_embeddings(), batch), None, warmup, repeats)
+
+
+@contextlib.contextmanager
+def frozen(params: list[nn.Parameter]) -> Iterator[None]:
+    """Temporarily stop gradients to `params`."""
+    for param in params:
+        param.requires_grad_(False)
+    try:
+        yield
+    finally:
+        for param in params:
+            param.requires_grad_(True)
+
+
+def time_training_paired(model: nn.Module, batch: Batch, floor_step: Callable[[], torch.Tensor],
+                         bypass: Callable[[], contextlib.AbstractContextManager], warmup: int,
+                         repeats: int) -> tuple[StepTimes, list[float]]:
+    """Training steps (as time_training), each preceded by a floor step on the same base weights in the same process.
+
+    `floor_step` is a floor forward (see floor_forward) and `bypass` a context in which the method is switched off.
+    Returns (training step times, floor step times): the ratio of each pair is measured seconds apart, so machine
+    load that drifts over minutes cancels out of it.
+    """
+    params = trainable(model)
+    optimizer = torch.optim.AdamW(params, lr=1e-4)
+    optimizer.zero_grad(set_to_none=True)
+    times, floors = StepTimes(), []
+    for i in range(warmup + repeats):
+        with bypass(), frozen(params):
+            floor = run_steps(floor_step, None, 0, 1)
+        step = run_steps(lambda: model(**batch).loss, optimizer, 0, 1)
+        if i >= warmup:
+            floors += floor.total
+            times.forward += step.forward
+            times.backward += step.backward
+            times.optimizer += step.optimizer
+    return times, floors
 
 
 def time_calls(fn: Callable[[], object], warmup: int, repeats: int) -> list[float]:

@@ -54,6 +54,15 @@ def _time(result: Result | None, name: str) -> float:
     return median(result["times"][name])
 
 
+def paired_ratio(result: Result | None) -> float:
+    """Median over measured steps of (training step / the floor step run just before it, same process); NaN if the
+    result has no paired floor steps."""
+    if not result or result["status"] != "ok" or "paired_floor" not in result["times"]:
+        return math.nan
+    times = result["times"]
+    return median(step / floor for step, floor in zip(times["step"], times["paired_floor"], strict=True))
+
+
 def _num(value: float, digits: int = 3) -> str:
     """`digits` significant figures, without exponent (at most 4 decimals); "—" for NaN."""
     if math.isnan(value):
@@ -98,9 +107,10 @@ def training_rows(model: str, configs: Sequence[str], results: Results) -> list[
             peak = result["rss_peak_mb"] if ok else math.nan
             hf_peak = hf["rss_peak_mb"] if hf and hf["status"] == "ok" else math.nan
             versus_hf = library == "peftlab"
+            versus_floor = paired_ratio(result) if config != "floor" else step / floor
             rows.append((title(config), LIBRARY_NAMES[library], f"{result['trainable']:,}" if ok else "—",
-                         _num(step), phases if ok else "—", _ratio(step, floor),
-                         _ratio(step, _time(hf, "step")) if versus_hf else "", _mb(result.get("rss_build_mb",
+                         _num(step), phases if ok else "—", _ratio(versus_floor, 1.0),
+                         _ratio(versus_floor, paired_ratio(hf)) if versus_hf else "", _mb(result.get("rss_build_mb",
                          math.nan)), _mb(peak), _ratio(peak, hf_peak) if versus_hf else "", note))
     return rows
 
@@ -168,7 +178,10 @@ def render(models: Sequence[str], configs: Sequence[str], results: Results, sett
              "adds noise; every configuration of a model saw the same conditions, interleaved)",
              f"- command: `{command}`", "",
              "Times are medians over all measured steps; a step is forward + backward + AdamW step (the floor has no "
-             "optimizer: forward + backward to the input embeddings only, all weights frozen). RSS is the process's "
+             "optimizer: forward + backward to the input embeddings only, all weights frozen). Every training step "
+             "is paired with a floor step of the same weights run just before it in the same process (the method "
+             "switched off): × floor is the median of these paired ratios, and × HF PEFT divides peftlab's by HF "
+             "PEFT's, so load that drifts over minutes cancels out. RSS is the process's "
              "peak resident set (ru_maxrss), after model build + attach and at the end. How and why: "
              "benchmarks/README.md; a per-operator breakdown: `python -m benchmarks.profile_lora`.", ""]
     for model in models:

@@ -17,7 +17,7 @@ import torch
 from benchmarks import inference, libraries
 from benchmarks.configs import METHODS
 from benchmarks.jobs import RESULT_PREFIX
-from benchmarks.measure import peak_rss_mb, time_floor, time_training
+from benchmarks.measure import floor_forward, peak_rss_mb, time_floor, time_training_paired
 from benchmarks.models import build_model, get_preset
 
 
@@ -45,7 +45,10 @@ def measure(job: dict[str, Any]) -> dict[str, Any]:
         else:
             model = libraries.attach(library, METHODS[config], preset, model)
         result["rss_build_mb"] = peak_rss_mb()
-        times = time_training(model, batch, warmup, repeats).as_dict()
+        plain, bypass = libraries.bypassed(library, model)
+        floor = floor_forward(plain, model.get_input_embeddings(), batch)
+        steps, floors = time_training_paired(model, batch, floor, bypass, warmup, repeats)
+        times = {**steps.as_dict(), "paired_floor": floors}
     result.update(times=times, rss_peak_mb=peak_rss_mb(), trainable=_count(model, True), total=_count(model, None))
     return result
 
