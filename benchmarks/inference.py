@@ -22,6 +22,7 @@ SWITCHES_PER_REPEAT = 10
 
 
 def _latency(model: nn.Module, batch: Batch, warmup: int, repeats: int) -> list[float]:
+    """Eval-mode, inference-mode latency of `warmup + repeats` calls; the last `repeats`."""
     model.eval()
     with torch.inference_mode():
         return time_calls(lambda: model(**batch), warmup, repeats)
@@ -29,15 +30,37 @@ def _latency(model: nn.Module, batch: Batch, warmup: int, repeats: int) -> list[
 
 def inference_latency(library: str, preset: ModelPreset, model: nn.Module, batch: Batch, warmup: int,
                       repeats: int) -> dict[str, list[float]]:
-    """Eval-mode forward latency of the base model ("base") or of a LoRA adapter unmerged, then merged."""
+    """Eval-mode forward latency of the base model ("base") or of a LoRA adapter unmerged, then merged.
+
+    With a library, every adapted call is paired with a call of an untouched copy of the base model just before it,
+    in the same process ("paired_base", "paired_base_merged"), so that the "× base" ratio is free of slow drifts.
+    """
     inputs = {k: v for k, v in batch.items() if k != "labels"}
     if library == "base":
         return {"latency": _latency(model, inputs, warmup, repeats)}
+    plain = copy.deepcopy(model).eval()
     adapted = libraries.attach(library, METHODS[INFERENCE_METHOD], preset, model)
     _randomise_adapter(adapted)
-    unmerged = _latency(adapted, inputs, warmup, repeats)
+    unmerged, base_unmerged = _paired_latency(adapted, plain, inputs, warmup, repeats)
     adapted.merge_adapter()
-    return {"latency": unmerged, "merged_latency": _latency(adapted, inputs, warmup, repeats)}
+    merged, base_merged = _paired_latency(adapted, plain, inputs, warmup, repeats)
+    return {"latency": unmerged, "merged_latency": merged, "paired_base": base_unmerged,
+            "paired_base_merged": base_merged}
+
+
+def _paired_latency(model: nn.Module, base: nn.Module, batch: Batch, warmup: int,
+                    repeats: int) -> tuple[list[float], list[float]]:
+    """(latencies of `model`, latencies of `base`), calls alternating base, model, base, model, ..."""
+    model.eval()
+    timed: tuple[list[float], list[float]] = ([], [])
+    with torch.inference_mode():
+        for i in range(warmup + repeats):
+            base_s = time_calls(lambda: base(**batch), 0, 1)
+            model_s = time_calls(lambda: model(**batch), 0, 1)
+            if i >= warmup:
+                timed[0].extend(model_s)
+                timed[1].extend(base_s)
+    return timed
 
 
 def _randomise_adapter(model: nn.Module) -> None:

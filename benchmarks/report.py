@@ -54,13 +54,13 @@ def _time(result: Result | None, name: str) -> float:
     return median(result["times"][name])
 
 
-def paired_ratio(result: Result | None) -> float:
-    """Median over measured steps of (training step / the floor step run just before it, same process); NaN if the
-    result has no paired floor steps."""
-    if not result or result["status"] != "ok" or "paired_floor" not in result["times"]:
+def paired_ratio(result: Result | None, name: str = "step", reference: str = "paired_floor") -> float:
+    """Median over measurements of (`name` / the `reference` measured just before it, same process); NaN if the
+    result has no such pairs."""
+    if not result or result["status"] != "ok" or reference not in result["times"] or name not in result["times"]:
         return math.nan
     times = result["times"]
-    return median(step / floor for step, floor in zip(times["step"], times["paired_floor"], strict=True))
+    return median(value / ref for value, ref in zip(times[name], times[reference], strict=True))
 
 
 def _num(value: float, digits: int = 3) -> str:
@@ -118,16 +118,20 @@ def training_rows(model: str, configs: Sequence[str], results: Results) -> list[
 def inference_rows(model: str, results: Results) -> list[Sequence[object]]:
     """Latency of the base model and of LoRA (all linear, r=8) unmerged and merged, per library."""
     base = _time(results.get((model, "infer", "base")), "latency")
-    hf = _time(results.get((model, "infer", "hf")), "latency")
     rows: list[Sequence[object]] = [("base model", "torch", _num(base), "1.00×", "", "")]
     for library in ("hf", "peftlab"):
         result = results.get((model, "infer", library))
         if result is None:
             continue
-        for label, field in (("LoRA unmerged", "latency"), ("LoRA merged", "merged_latency")):
+        for label, field, reference in (("LoRA unmerged", "latency", "paired_base"),
+                                        ("LoRA merged", "merged_latency", "paired_base_merged")):
             value = _time(result, field)
-            rows.append((label, LIBRARY_NAMES[library], _num(value), _ratio(value, base), _ratio(value, hf),
-                         result.get("note", "")))
+            versus_base = paired_ratio(result, field, reference)
+            if math.isnan(versus_base):  # results without paired base calls
+                versus_base = value / base
+            rows.append((label, LIBRARY_NAMES[library], _num(value), _ratio(versus_base, 1.0),
+                         _ratio(versus_base, paired_ratio(results.get((model, "infer", "hf")), "latency",
+                                                          "paired_base")), result.get("note", "")))
     return rows
 
 
@@ -190,7 +194,9 @@ def render(models: Sequence[str], configs: Sequence[str], results: Results, sett
         lines += [f"## {model}: {preset.description}; batch {shape}", ""]
         lines += _table(TRAINING_HEADER, training_rows(model, configs, results)) + [""]
         if "infer" in configs:
-            lines += ["Inference (eval, no grad, same batch; LoRA r=8 on all linear layers):", ""]
+            lines += ["Inference (eval, no grad, same batch; LoRA r=8 on all linear layers). × base: median ratio to "
+                      "an untouched copy of the base model called just before, in the same process; × HF PEFT "
+                      "unmerged divides that by HF PEFT's unmerged ratio:", ""]
             lines += _table(("variant", "library", "latency s", "× base", "× HF PEFT unmerged", "note"),
                             inference_rows(model, results)) + [""]
         if "switch" in configs:

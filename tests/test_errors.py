@@ -50,9 +50,8 @@ def test_adapter_state_errors() -> None:
     with pytest.raises(peftlab.AdapterStateError, match="exists already"):
         model.add_adapter("default", peftlab.LoRA())
     model.merge_adapter()
-    with pytest.raises(peftlab.AdapterStateError, match="call unmerge"):
-        with model.disable_adapters():
-            pass
+    with pytest.raises(peftlab.AdapterStateError, match="call unmerge"), model.disable_adapters():
+        pass
 
 
 def _save_for(hidden: int, folder: Path) -> None:

@@ -9,7 +9,6 @@ and calls continuing the cache pass through the blocks unedited.
 
 from __future__ import annotations
 
-
 import pytest
 import torch
 

@@ -22,12 +22,11 @@ import torch
 from torch import nn
 
 import peftlab
-from tests.test_hf_interop_lora import (BERT, CONVNET, GPT2, LLAMA, _base, _outputs,
-                                        _perturb, _same_model, _same_tensors)
+from tests.test_hf_interop_lora import BERT, CONVNET, GPT2, LLAMA, _base, _outputs, _perturb, _same_model, _same_tensors
 from tests.tiny_models import TinyModel
 
 pytest.importorskip("peft")
-from peft import IA3Config, PeftModel, get_peft_model  # noqa: E402
+from peft import IA3Config, PeftModel, get_peft_model
 
 
 @dataclass(frozen=True)

@@ -29,7 +29,7 @@ from peftlab.core.layer import AdaptedLayer
 from tests.tiny_models import MODELS, TinyModel, tiny_bert, tiny_llama
 
 pytest.importorskip("peft")
-from peft import LoraConfig, PeftModel, get_peft_model  # noqa: E402
+from peft import LoraConfig, PeftModel, get_peft_model
 
 TINY = {m.name: m for m in MODELS}
 BERT, GPT2, CONVNET = TINY["bert"], TINY["gpt2"], TINY["convnet"]

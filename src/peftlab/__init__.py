@@ -4,6 +4,7 @@
     model.save("out/adapter"); model = peftlab.load(base, "out/adapter")
 """
 
+# ruff: noqa: I001, RUF022 (the import order is deliberate: see the comment below)
 from peftlab.core.config import MethodConfig
 from peftlab.core.model import AdaptedModel, adapt, load
 from peftlab.core.typology import AttachKind, MethodCard
@@ -13,7 +14,7 @@ from peftlab.methods import IA3, Adapter, SparseFT
 from peftlab.methods import LoReFT, PrefixTuning, PromptTuning
 
 # After the methods package: `peftlab.methods` is the function that lists them, not the subpackage.
-from peftlab.core.registry import config_for, get_method, methods, register  # noqa: E402
+from peftlab.core.registry import config_for, get_method, methods, register
 
 __version__ = "0.1.0"
 

@@ -7,7 +7,6 @@ from torch import nn
 
 from peftlab.core.layer import BaseCall
 
-
 # Modules whose bias is per channel on dim 1 of a (B, C, ...) output; others (Linear, LayerNorm) on the last dim.
 CHANNEL_FIRST = (nn.modules.conv._ConvNd, nn.modules.batchnorm._BatchNorm, nn.modules.instancenorm._InstanceNorm,
                  nn.GroupNorm)

@@ -23,7 +23,7 @@ from peftlab.errors import AdapterStateError
 class BaseCall:
     """The continuation an adapter calls: the remaining adapters of the chain, then the base module."""
 
-    __slots__ = ("module", "args", "kwargs", "_rest")
+    __slots__ = ("_rest", "args", "kwargs", "module")
 
     def __init__(self, module: nn.Module, args: tuple, kwargs: dict, rest: tuple[nn.Module, ...]) -> None:
         self.module = module

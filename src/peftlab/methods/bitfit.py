@@ -12,8 +12,8 @@ from typing import ClassVar
 
 from torch import nn
 
-from peftlab.core.config import MethodConfig
 from peftlab.core.bias_site import BiasDelta, has_bias
+from peftlab.core.config import MethodConfig
 from peftlab.core.registry import register
 from peftlab.core.typology import AttachKind, MethodCard
 

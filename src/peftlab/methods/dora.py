@@ -16,11 +16,11 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from peftlab.core.bias_site import BiasDelta
 from peftlab.core.layer import BaseCall
 from peftlab.core.registry import register
 from peftlab.core.targets import linear_types
 from peftlab.core.typology import AttachKind, MethodCard
-from peftlab.core.bias_site import BiasDelta
 from peftlab.kernels.dora_linear import DoRALinearFunction
 from peftlab.kernels.dropout_mask import DropoutMask
 from peftlab.methods.lora import LoRA, LoRALinear

@@ -19,13 +19,13 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from peftlab.core.bias_site import BiasDelta, has_bias
 from peftlab.core.config import MethodConfig, check, check_range
 from peftlab.core.layer import BaseCall
 from peftlab.core.registry import register
 from peftlab.core.targets import linear_types
 from peftlab.core.typology import AttachKind, MethodCard
 from peftlab.kernels.lora_linear import lora_linear
-from peftlab.core.bias_site import BiasDelta, has_bias
 
 INITS = ("default", "gaussian", "random")
 BIASES = ("none", "lora_only", "all")

@@ -72,7 +72,7 @@ class RunSpec:
                 "seed": self.seed, "settings": dataclasses.asdict(self.settings)}
 
     @classmethod
-    def from_dict(cls, data: dict[str, Any]) -> "RunSpec":
+    def from_dict(cls, data: dict[str, Any]) -> RunSpec:
         return cls(task=TaskSpec(**data["task"]), method=StudyMethod(**data["method"]),
                    train_size=data["train_size"], seed=data["seed"], settings=RunSettings(**data["settings"]))
 
@@ -102,7 +102,7 @@ class StudyConfig:
                 "run_ids": [r.run_id for r in self.runs()]}
 
     @classmethod
-    def from_dict(cls, data: dict[str, Any]) -> "StudyConfig":
+    def from_dict(cls, data: dict[str, Any]) -> StudyConfig:
         return cls(task=TaskSpec(**data["task"]), methods=tuple(StudyMethod(**m) for m in data["methods"]),
                    train_sizes=tuple(data["train_sizes"]), seeds=tuple(data["seeds"]),
                    settings=RunSettings(**data["settings"]), budget=tuple(data.get("budget", ())))

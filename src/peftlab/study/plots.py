@@ -8,7 +8,7 @@ from pathlib import Path
 from peftlab.study.analysis import Summary
 
 
-def _pyplot():  # noqa: ANN202  (matplotlib.pyplot, imported lazily with a file-only backend)
+def _pyplot():
     import matplotlib
 
     matplotlib.use("Agg")
@@ -88,7 +88,7 @@ def data_size(summaries: Sequence[Summary], metric: str, path: Path) -> Path | N
     return _save(fig, path)
 
 
-def _save(fig, path: Path) -> Path:  # noqa: ANN001
+def _save(fig, path: Path) -> Path:
     path.parent.mkdir(parents=True, exist_ok=True)
     fig.tight_layout()
     fig.savefig(path, dpi=110)

@@ -86,7 +86,7 @@ def which_method(rows: Sequence[Summary], metric: str, higher: bool, budgets: Se
         front = analysis.pareto(rows, [field], higher)
         items.append(f"{metric} vs {name}: " + ", ".join(f"`{s.method}`" for s in front))
     joint = analysis.pareto(rows, list(analysis.RESOURCES), higher)
-    items.append(f"on all four at once: " + ", ".join(f"`{s.method}`" for s in joint))
+    items.append("on all four at once: " + ", ".join(f"`{s.method}`" for s in joint))
     blocks += [Paragraph("Pareto-optimal methods (no other method is at least as good on both axes and better on "
                          "one):"), Bullets(items)]
     if budgets:

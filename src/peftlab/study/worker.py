@@ -30,8 +30,17 @@ from peftlab.study.plan import RunSettings, RunSpec
 from peftlab.study.results import SCHEMA_VERSION
 from peftlab.study.tasks import Task, build_task
 from peftlab.study.tasks.base import endless_batches
-from peftlab.train import (TrainConfig, move_batch, peak_memory_mb, process_peak_rss_mb, reset_peak_memory,
-                           resolve_device, run_evaluation, seed_everything, train)
+from peftlab.train import (
+    TrainConfig,
+    move_batch,
+    peak_memory_mb,
+    process_peak_rss_mb,
+    reset_peak_memory,
+    resolve_device,
+    run_evaluation,
+    seed_everything,
+    train,
+)
 
 SPEC_FILE = "spec.json"
 RESULT_FILE = "result.json"
@@ -181,7 +190,7 @@ def _latency(task: Task, model: Any, splits: Splits, device: torch.device, setti
     examples = splits.test[: settings.latency_batch]
     batch = move_batch(task.collate(examples), device)
     model.eval()
-    timed = lambda: task.infer(model, batch)  # noqa: E731
+    timed = lambda: task.infer(model, batch)
     latency: dict[str, Any] = {"batch": len(examples), "merged_ms": None,
                                "unmerged_ms": measure.latency_ms(timed, device, settings.latency_repeats)}
     if mergeable:
