@@ -4,6 +4,7 @@ outputs and gradients for the same dropped entries."""
 from __future__ import annotations
 
 import math
+from collections.abc import Callable
 
 import pytest
 import torch
@@ -62,36 +63,40 @@ def _same_mask_both_forms(shape: tuple[int, ...], p: float) -> tuple[DropoutMask
     return DropoutMask(1 - p, positions=positions), DropoutMask.from_kept(kept.view(shape), p)
 
 
-def test_lora_kernel_sparse_mask_equals_dense_mask() -> None:
+def _linear_case(d_in: int, d_out: int, r: int) -> dict[str, torch.Tensor]:
+    """Input (2, 5, d_in), frozen weight and bias, trainable A, B and DoRA magnitude, all float64."""
     torch.manual_seed(0)
-    x = torch.randn(3, 7, 12, **F64, requires_grad=True)
-    w, b = torch.randn(9, 12, **F64), torch.randn(9, **F64)
-    a = torch.randn(4, 12, **F64, requires_grad=True)
-    bb = torch.randn(9, 4, **F64, requires_grad=True)
-    sparse, dense = _same_mask_both_forms((3, 7, 12), 0.2)
-    upstream = torch.randn(3, 7, 9, **F64)
+    return {"x": torch.randn(2, 5, d_in, **F64, requires_grad=True), "w": torch.randn(d_out, d_in, **F64),
+            "b": torch.randn(d_out, **F64), "a": torch.randn(r, d_in, **F64, requires_grad=True),
+            "bb": torch.randn(d_out, r, **F64, requires_grad=True),
+            "m": torch.rand(d_out, **F64).add_(0.5).requires_grad_(True)}
+
+
+def _assert_both_forms_agree(kernel: Callable[[DropoutMask], torch.Tensor], inputs: tuple[torch.Tensor, ...],
+                             p: float) -> None:
+    """Outputs and gradients of `kernel(mask)` agree for the sparse and the dense form of one mask."""
+    x = inputs[0]
+    sparse, dense = _same_mask_both_forms(tuple(x.shape), p)
     results = []
     for mask in (sparse, dense):
-        out = LoRALinearFunction.apply(x, w, b, a, bb, 0.5, mask)
-        results.append((out, *torch.autograd.grad(out, (x, a, bb), upstream)))
+        out = kernel(mask)
+        upstream = torch.randn(out.shape, generator=torch.Generator().manual_seed(1), **F64)  # the same for both
+        results.append((out, *torch.autograd.grad(out, inputs, upstream)))
     for got, expected in zip(*results, strict=True):
         torch.testing.assert_close(got, expected)
-    assert torch.autograd.gradcheck(lambda x_, a_, b_: LoRALinearFunction.apply(x_, w, b, a_, b_, 0.5, sparse),
-                                    (x, a, bb))
+
+
+def test_lora_kernel_sparse_mask_equals_dense_mask() -> None:
+    c = _linear_case(12, 9, 4)
+    _assert_both_forms_agree(lambda mask: LoRALinearFunction.apply(c["x"], c["w"], c["b"], c["a"], c["bb"], 0.5, mask),
+                             (c["x"], c["a"], c["bb"]), 0.2)
+    sparse, _ = _same_mask_both_forms(tuple(c["x"].shape), 0.2)
+    assert torch.autograd.gradcheck(
+        lambda x_, a_, b_: LoRALinearFunction.apply(x_, c["w"], c["b"], a_, b_, 0.5, sparse), (c["x"], c["a"], c["bb"]))
 
 
 def test_dora_kernel_sparse_mask_equals_dense_mask() -> None:
-    torch.manual_seed(0)
-    x = torch.randn(2, 5, 10, **F64, requires_grad=True)
-    w, b = torch.randn(7, 10, **F64), torch.randn(7, **F64)
-    a = torch.randn(3, 10, **F64, requires_grad=True)
-    bb = torch.randn(7, 3, **F64, requires_grad=True)
-    m = torch.rand(7, **F64).add_(0.5).requires_grad_(True)
-    sparse, dense = _same_mask_both_forms((2, 5, 10), 0.25)
-    upstream = torch.randn(2, 5, 7, **F64)
-    results = []
-    for mask in (sparse, dense):
-        out = DoRALinearFunction.apply(x, w, b, a, bb, m, 0.5, mask)
-        results.append((out, *torch.autograd.grad(out, (x, a, bb, m), upstream)))
-    for got, expected in zip(*results, strict=True):
-        torch.testing.assert_close(got, expected)
+    c = _linear_case(10, 7, 3)
+    _assert_both_forms_agree(
+        lambda mask: DoRALinearFunction.apply(c["x"], c["w"], c["b"], c["a"], c["bb"], c["m"], 0.5, mask),
+        (c["x"], c["a"], c["bb"], c["m"]), 0.25)
