@@ -139,19 +139,23 @@ class AdaptedModel(nn.Module):
 
     def _refresh(self) -> None:
         live = self._active if self._enabled else ()
-        for layer in attach.adapted_layers(self.base_model).values():
+        layers = attach.adapted_layers(self.base_model)
+        for layer in layers.values():
             layer.set_active(live)
         for name in self.configs:
-            for param in self._adapter_parameters(name):
-                param.requires_grad_(name in self._active)
+            trainable = name in self._active
+            for param in self._adapter_parameters(name, layers):
+                if param.requires_grad != trainable:
+                    param.requires_grad_(trainable)
 
     def _require(self, name: str) -> None:
         if name not in self.configs:
             raise AdapterStateError(f"no adapter named {name!r}; this model has {self.adapters or 'no adapters'}")
 
-    def _adapter_parameters(self, name: str) -> Iterator[nn.Parameter]:
+    def _adapter_parameters(self, name: str, layers: dict[str, nn.Module] | None = None) -> Iterator[nn.Parameter]:
+        """The adapter's parameters; `layers` (attach.adapted_layers of the base model) saves looking each one up."""
         for path in self._sites[name]:
-            layer = self.base_model.get_submodule(path)
+            layer = layers[path] if layers is not None else self.base_model.get_submodule(path)
             yield from layer.adapters[name].parameters()
         if name in self.model_adapters:
             yield from self.model_adapters[name].parameters()
