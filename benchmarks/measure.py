@@ -31,6 +31,12 @@ class StepTimes:
     def total(self) -> list[float]:
         return [f + b + o for f, b, o in zip(self.forward, self.backward, self.optimizer)]
 
+    def extend(self, other: StepTimes) -> None:
+        """Append another measurement's steps."""
+        self.forward += other.forward
+        self.backward += other.backward
+        self.optimizer += other.optimizer
+
     def as_dict(self) -> dict[str, list[float]]:
         return {"forward": self.forward, "backward": self.backward, "optimizer": self.optimizer, "step": self.total}
 
@@ -61,11 +67,16 @@ def trainable(model: nn.Module) -> list[nn.Parameter]:
     return [p for p in model.parameters() if p.requires_grad]
 
 
-def time_training(model: nn.Module, batch: Batch, warmup: int, repeats: int, lr: float = 1e-4) -> StepTimes:
-    """Training steps (forward + backward + AdamW step) on the model's trainable parameters."""
-    optimizer = torch.optim.AdamW(trainable(model), lr=lr)
+def adamw(params: list[nn.Parameter], lr: float = 1e-4) -> torch.optim.AdamW:
+    """The benchmark's optimizer, with no gradients pending."""
+    optimizer = torch.optim.AdamW(params, lr=lr)
     optimizer.zero_grad(set_to_none=True)
-    return run_steps(lambda: model(**batch).loss, optimizer, warmup, repeats)
+    return optimizer
+
+
+def time_training(model: nn.Module, batch: Batch, warmup: int, repeats: int) -> StepTimes:
+    """Training steps (forward + backward + AdamW step) on the model's trainable parameters."""
+    return run_steps(lambda: model(**batch).loss, adamw(trainable(model)), warmup, repeats)
 
 
 def floor_forward(call: Callable[..., object], embeddings: nn.Module, batch: Batch) -> Callable[[], torch.Tensor]:
@@ -114,8 +125,7 @@ def time_training_paired(model: nn.Module, batch: Batch, floor_step: Callable[[]
     load that drifts over minutes cancels out of it.
     """
     params = trainable(model)
-    optimizer = torch.optim.AdamW(params, lr=1e-4)
-    optimizer.zero_grad(set_to_none=True)
+    optimizer = adamw(params)
     times, floors = StepTimes(), []
     for i in range(warmup + repeats):
         with bypass(), frozen(params):
@@ -123,9 +133,7 @@ def time_training_paired(model: nn.Module, batch: Batch, floor_step: Callable[[]
         step = run_steps(lambda: model(**batch).loss, optimizer, 0, 1)
         if i >= warmup:
             floors += floor.total
-            times.forward += step.forward
-            times.backward += step.backward
-            times.optimizer += step.optimizer
+            times.extend(step)
     return times, floors
 
 

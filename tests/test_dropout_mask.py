@@ -42,8 +42,19 @@ def test_dropped_positions_edge_cases() -> None:
     torch.manual_seed(0)
     assert len(dropped_positions(0, 0.1)) == 0
     assert len(dropped_positions(100, 0.0)) == 0
-    hits = sum(len(dropped_positions(1, 0.2)) for _ in range(5000))  # tiny inputs need the top-up loop
+    hits = sum(len(dropped_positions(1, 0.2)) for _ in range(5000))
     assert abs(hits - 1000) < 5 * math.sqrt(5000 * 0.2 * 0.8)
+
+
+def test_dropped_positions_drawn_in_small_batches_keep_the_distribution() -> None:
+    """Gaps drawn 3 at a time: the loop continues from the last position, with no gap or overlap at the seams."""
+    torch.manual_seed(0)
+    n, p = 20_000, 0.1
+    positions = dropped_positions(n, p, draw=3)
+    assert bool((positions[1:] > positions[:-1]).all()) and int(positions[-1]) < n
+    assert abs(len(positions) - n * p) < 5 * math.sqrt(n * p * (1 - p))
+    gaps = torch.diff(positions)
+    assert abs(float((gaps == 1).double().mean()) - p) < 0.02  # P(next entry dropped | this one) = p
 
 
 def test_sample_picks_the_sparse_form_on_cpu_at_low_rates() -> None:

@@ -37,3 +37,4 @@ def test_quick_run_writes_the_table(tmp_path: Path) -> None:
         assert row[-1] == "", f"not measured: {row}"  # the note column is empty for a measured row
     assert rows[1][2] == rows[2][2] != "—", "both libraries train the same number of parameters"
     assert rows[2][6].endswith("×"), "peftlab's row has a ratio to HF PEFT"
+    assert all(r[5].endswith("×") for r in rows), "every row has a (paired) ratio to the floor"

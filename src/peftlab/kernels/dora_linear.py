@@ -18,7 +18,7 @@ from typing import Any
 
 import torch
 
-from peftlab.kernels.dropout_mask import DropoutMask
+from peftlab.kernels.dropout_mask import DropoutMask, pack, unpack
 
 
 class DoRALinearFunction(torch.autograd.Function):
@@ -41,15 +41,15 @@ class DoRALinearFunction(torch.autograd.Function):
             z = torch.addmm(w_dropped, factor, lora_b.T, alpha=scaling)  # W x' + c B A x'
             out = torch.addmm(bias, x2, weight.T) if bias is not None else x2 @ weight.T
             out.addcmul_(z, scale).sub_(w_dropped)
-        positions, kept = (None, None) if mask is None else mask.tensors()
-        ctx.save_for_backward(x2, weight, lora_a, lora_b, factor, z, scale, norm, positions, kept)
-        ctx.scaling, ctx.keep, ctx.lead_shape = scaling, 1.0 if mask is None else mask.keep, x.shape[:-1]
+        ctx.keep, *mask_tensors = pack(mask)
+        ctx.save_for_backward(x2, weight, lora_a, lora_b, factor, z, scale, norm, *mask_tensors)
+        ctx.scaling, ctx.lead_shape = scaling, x.shape[:-1]
         return out.view(*x.shape[:-1], d_out)  # (N, d_out) -> (..., d_out)
 
     @staticmethod
     def backward(ctx: Any, grad: torch.Tensor) -> tuple[torch.Tensor | None, ...]:
         x2, weight, lora_a, lora_b, factor, z, scale, norm, positions, kept = ctx.saved_tensors
-        mask = None if positions is None and kept is None else DropoutMask(ctx.keep, positions, kept)
+        mask = unpack(ctx.keep, positions, kept)
         g2 = grad.reshape(-1, weight.shape[0])  # (..., d_out) -> (N, d_out)
         grad_m = (g2 * z).sum(0) / norm  # (d_out,)
         g_z = g2 * scale  # (N, d_out)

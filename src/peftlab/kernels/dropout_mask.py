@@ -26,22 +26,25 @@ import torch
 SPARSE_MAX_RATE = 0.25
 
 
-def dropped_positions(numel: int, p: float, device: torch.device | str = "cpu") -> torch.Tensor:
-    """Sorted flat positions in [0, numel) dropped by independent Bernoulli(p) trials (int64, 1-D)."""
+def dropped_positions(numel: int, p: float, device: torch.device | str = "cpu",
+                      draw: int | None = None) -> torch.Tensor:
+    """Sorted flat positions in [0, numel) dropped by independent Bernoulli(p) trials (int64, 1-D).
+
+    Gaps are drawn `draw` at a time until they pass the end; by default enough to pass it in one draw with
+    probability 1 − 1e-9 (six standard deviations above the expected count).
+    """
     if numel == 0 or p <= 0.0:
         return torch.empty(0, dtype=torch.int64, device=device)
     log_keep = math.log1p(-p)
-    expected = numel * p
-    # Enough gaps to pass the end with probability 1 − 1e-9 in one draw; the loop covers the rest.
-    count = int(expected + 6.0 * math.sqrt(expected * (1.0 - p)) + 16)
     chunks, last = [], -1
-    while last < numel - 1:
+    while last < numel - 1:  # entries last+1 .. numel-1 are still undecided
+        expected = (numel - 1 - last) * p
+        count = draw or int(expected + 6.0 * math.sqrt(expected * (1.0 - p)) + 16)
         uniform = torch.rand(count, dtype=torch.float64, device=device)
         gaps = torch.log1p(-uniform).div_(log_keep).floor_().add_(1.0)  # (count,) Geometric(p) on {1, 2, ...}
         positions = gaps.cumsum_(0).add_(last).to(torch.int64)  # (count,) increasing
         chunks.append(positions)
         last = int(positions[-1])
-        count = 16 + int(6.0 * math.sqrt(count))
     positions = chunks[0] if len(chunks) == 1 else torch.cat(chunks)
     return positions[: int(torch.searchsorted(positions, numel))]
 
@@ -69,17 +72,22 @@ class DropoutMask:
         """A given boolean mask (True = kept), e.g. to reproduce or share one."""
         return cls(1.0 - p, kept=kept.to(torch.bool))
 
-    def tensors(self) -> tuple[torch.Tensor | None, torch.Tensor | None]:
-        """(positions, kept): what a kernel saves for backward; `DropoutMask(keep, *tensors)` restores the mask."""
-        return self.positions, self.kept
+    @classmethod
+    def for_call(cls, x: torch.Tensor, p: float, training: bool,
+                 given: torch.Tensor | DropoutMask | None = None) -> DropoutMask | None:
+        """The mask of one kernel call: `given` (a DropoutMask, or a bool tensor of x's shape, True = kept), else a
+        fresh one when training with p > 0, else None (no dropout)."""
+        if isinstance(given, torch.Tensor):
+            return cls.from_kept(given, p)
+        if given is None and training and p > 0:
+            return cls.sample(x, p)
+        return given
 
     def apply(self, x2: torch.Tensor) -> torch.Tensor:
         """A new (N, d) tensor equal to x2 with the dropped entries zeroed."""
         if self.kept is not None:
             return x2 * self.kept.reshape(x2.shape)
-        out = x2.clone(memory_format=torch.contiguous_format)
-        out.view(-1).index_fill_(0, self.positions, 0.0)
-        return out
+        return self.zero_dropped_(x2.clone(memory_format=torch.contiguous_format))
 
     def zero_dropped_(self, t: torch.Tensor) -> torch.Tensor:
         """Zero the dropped entries of a contiguous (N, d) tensor in place."""
@@ -97,3 +105,13 @@ class DropoutMask:
         out.addmm_(left, right)
         flat[self.positions] = before
         return out
+
+
+def pack(mask: DropoutMask | None) -> tuple[float, torch.Tensor | None, torch.Tensor | None]:
+    """(keep, positions, kept) of a kernel's mask: keep goes on ctx, the tensors to save_for_backward."""
+    return (1.0, None, None) if mask is None else (mask.keep, mask.positions, mask.kept)
+
+
+def unpack(keep: float, positions: torch.Tensor | None, kept: torch.Tensor | None) -> DropoutMask | None:
+    """The mask `pack` took apart, in backward (None: the call had no dropout)."""
+    return None if positions is None and kept is None else DropoutMask(keep, positions, kept)

@@ -17,7 +17,7 @@ from typing import Any
 
 import torch
 
-from peftlab.kernels.dropout_mask import DropoutMask
+from peftlab.kernels.dropout_mask import DropoutMask, pack, unpack
 
 
 class LoRALinearFunction(torch.autograd.Function):
@@ -33,15 +33,15 @@ class LoRALinearFunction(torch.autograd.Function):
             factor.mul_(1.0 / mask.keep)  # the dropout rescale, on the small side
         out = torch.addmm(bias, x2, weight.T) if bias is not None else x2 @ weight.T  # (N, d_out)
         out.addmm_(factor, lora_b.T, alpha=scaling)
-        positions, kept = (None, None) if mask is None else mask.tensors()
-        ctx.save_for_backward(x2, weight, lora_a, lora_b, factor, positions, kept)
-        ctx.scaling, ctx.keep, ctx.lead_shape = scaling, 1.0 if mask is None else mask.keep, x.shape[:-1]
+        ctx.keep, *mask_tensors = pack(mask)
+        ctx.save_for_backward(x2, weight, lora_a, lora_b, factor, *mask_tensors)
+        ctx.scaling, ctx.lead_shape = scaling, x.shape[:-1]
         return out.view(*x.shape[:-1], d_out)  # (N, d_out) -> (..., d_out)
 
     @staticmethod
     def backward(ctx: Any, grad: torch.Tensor) -> tuple[torch.Tensor | None, ...]:
         x2, weight, lora_a, lora_b, factor, positions, kept = ctx.saved_tensors
-        mask = None if positions is None and kept is None else DropoutMask(ctx.keep, positions, kept)
+        mask = unpack(ctx.keep, positions, kept)
         d_in = x2.shape[-1]
         g2 = grad.reshape(-1, weight.shape[0])  # (..., d_out) -> (N, d_out)
         g_factor = (g2 @ lora_b.T.contiguous().T).mul_(ctx.scaling / ctx.keep)  # (N, r), dropout rescale included
@@ -66,8 +66,5 @@ def lora_linear(x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None
     `mask` may fix the dropout mask: a DropoutMask, or a bool tensor of x's shape (True = kept) at rate `dropout`.
     Otherwise a fresh one is drawn when training with dropout > 0.
     """
-    if isinstance(mask, torch.Tensor):
-        mask = DropoutMask.from_kept(mask, dropout)
-    elif mask is None and training and dropout > 0:
-        mask = DropoutMask.sample(x, dropout)
-    return LoRALinearFunction.apply(x, weight, bias, lora_a, lora_b, scaling, mask)
+    return LoRALinearFunction.apply(x, weight, bias, lora_a, lora_b, scaling,
+                                    DropoutMask.for_call(x, dropout, training, mask))

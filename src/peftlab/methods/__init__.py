@@ -11,15 +11,5 @@ from peftlab.methods.prefix import PrefixTuning
 from peftlab.methods.prompt import PromptTuning
 from peftlab.methods.sparse import SparseFT
 
-__all__ = [
-           "IA3",
-           "Adapter",
-           "BitFit",
-           "DoRA",
-           "FullFineTuning",
-           "LoRA",
-           "LoReFT",
-           "PrefixTuning",
-           "PromptTuning",
-           "SparseFT",
-]
+__all__ = ["IA3", "Adapter", "BitFit", "DoRA", "FullFineTuning", "LoRA", "LoReFT", "PrefixTuning", "PromptTuning",
+           "SparseFT"]

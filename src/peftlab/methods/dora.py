@@ -67,10 +67,10 @@ class DoRALinear(LoRALinear):
     def forward(self, x: torch.Tensor, base: BaseCall) -> torch.Tensor:
         if self.fused and self._can_fuse(x, base):
             module = base.module
-            p = self.dropout.p if isinstance(self.dropout, nn.Dropout) and self.training else 0.0
-            mask = DropoutMask.sample(x, p) if p > 0 else None
+            p = self.dropout.p if isinstance(self.dropout, nn.Dropout) else 0.0
             return DoRALinearFunction.apply(x, module.weight, module.bias, self.lora_A.weight, self.lora_B.weight,
-                                            self.lora_magnitude_vector, self.scaling, mask)
+                                            self.lora_magnitude_vector, self.scaling,
+                                            DropoutMask.for_call(x, p, self.training))
         result = base(x)
         a = self.lora_A.weight
         module = base.module

@@ -55,7 +55,7 @@ class Task(Protocol):
     curve_metric: str
 
     def length(self, example: Any) -> int | None:
-        """A cheap size of an example (e.g. characters) for length-grouped batches; None = no grouping."""
+        """A size of an example (tokens for text) for length-grouped batches; None = no grouping."""
         ...
 
     def fields_for(self, method_id: str) -> dict[str, Any]:
