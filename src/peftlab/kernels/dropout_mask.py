@@ -10,7 +10,12 @@ the gaps between consecutive dropped positions are i.i.d. Geometric(p):
 
 so the dropped positions are the running sums of about p·n such gaps: the same distribution as n independent
 draws, from p·n random numbers (U in float64, so the tail is exact to 2⁻⁵³). The mask is then a sorted list of flat
-positions ("sparse"), applied by gathering and scattering only those entries.
+positions ("sparse"), applied by gathering and scattering only those entries. For the thin (rank-r) products a
+masked copy of x is cheapest. For a full-size product of the dropped input (DoRA's W x' beside W x), the k dropped
+entries replace a second dense product: with x_d holding only the dropped entries of x, x' = (x − x_d) / (1 − p), so
+    W x' = (W x − W x_d) / (1 − p)    (`dropped_matmul`: x_d Wᵀ as one weighted embedding bag per row, ≈ p of the work),
+and an input gradient that the mask zeroes needs only the k dropped entries of a product (`sub_dropped_product_`,
+a sampled product, instead of a second dense one).
 
 A dense boolean mask of kept entries is drawn instead on accelerators (random numbers are cheap there, and the
 index work would force a host synchronisation) and for p > SPARSE_MAX_RATE, where the positions stop being few.
@@ -20,8 +25,10 @@ Both forms follow torch's global generator, so `torch.manual_seed` makes them re
 from __future__ import annotations
 
 import math
+import warnings
 
 import torch
+import torch.nn.functional as F
 
 SPARSE_MAX_RATE = 0.25
 
@@ -105,6 +112,46 @@ class DropoutMask:
         out.addmm_(left, right)
         flat[self.positions] = before
         return out
+
+
+    def dropped_matmul(self, x2: torch.Tensor, weight: torch.Tensor) -> torch.Tensor:
+        """x_d @ weightᵀ, (N, d_out), where x_d is the (N, d_in) x2 with only its dropped entries (kept ones zero).
+
+        Sparse form: row i of the result is Σ_j x2[i, j] · weight[:, j] over the dropped (i, j), one weighted
+        embedding bag per row, about p · N · d_in · d_out multiply-adds instead of N · d_in · d_out.
+        """
+        if self.kept is not None:
+            return (x2 * ~self.kept.reshape(x2.shape)) @ weight.T
+        starts, cols = self._row_starts(x2.shape)
+        return F.embedding_bag(cols, weight.T.contiguous(), starts, mode="sum",  # table: (d_in, d_out)
+                               per_sample_weights=x2.reshape(-1)[self.positions])
+
+    def sub_dropped_product_(self, out: torch.Tensor, left: torch.Tensor, right: torch.Tensor,
+                             alpha: float = 1.0) -> torch.Tensor:
+        """out −= alpha · (left @ right) on the dropped entries only, in place, for a contiguous (N, d) `out`.
+
+        Sparse form: only the k dropped entries of the product are computed (a sampled product, k dot products).
+        """
+        if self.kept is not None:
+            return out.sub_((left @ right).mul_(~self.kept.reshape(out.shape)), alpha=alpha)
+        if out.dtype in (torch.float32, torch.float64):
+            starts, cols = self._row_starts(out.shape)
+            crow = torch.cat([starts, starts.new_tensor([self.positions.numel()])])  # (N + 1,) CSR row pointers
+            with warnings.catch_warnings():
+                warnings.simplefilter("ignore", UserWarning)  # "sparse CSR support is in beta"
+                pattern = torch.sparse_csr_tensor(crow, cols, out.new_zeros(cols.numel()), size=out.shape,
+                                                  check_invariants=False)
+                values = torch.sparse.sampled_addmm(pattern, left, right, beta=0.0).values()  # (k,) position order
+        else:  # the sampled product has no half-precision CPU kernel
+            values = (left @ right).view(-1)[self.positions]
+        out.view(-1).index_add_(0, self.positions, values, alpha=-alpha)
+        return out
+
+    def _row_starts(self, shape: torch.Size) -> tuple[torch.Tensor, torch.Tensor]:
+        """For an (N, d) input, sparse form: (N,) where each row's dropped entries start among the k positions, and
+        the (k,) column of each."""
+        rows = self.positions.div(shape[1], rounding_mode="floor")  # (k,) sorted, as the positions are
+        return torch.searchsorted(rows, torch.arange(shape[0], device=rows.device)), self.positions - rows * shape[1]
 
 
 def pack(mask: DropoutMask | None) -> tuple[float, torch.Tensor | None, torch.Tensor | None]:
