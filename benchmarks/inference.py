@@ -32,13 +32,16 @@ def inference_latency(library: str, preset: ModelPreset, model: nn.Module, batch
                       repeats: int) -> dict[str, list[float]]:
     """Eval-mode forward latency of the base model ("base") or of a LoRA adapter unmerged, then merged.
 
-    With a library, every adapted call is paired with a call of an untouched copy of the base model just before it,
-    in the same process ("paired_base", "paired_base_merged"), so that the "× base" ratio is free of slow drifts.
+    With a library, every adapted call is paired with a call of an untouched copy of the base model next to it, in
+    the same process ("paired_base", "paired_base_merged"), so that the "× base" ratio is free of slow drifts.
+    For "base" the pair is the model and its untouched copy ("copy_latency"): an A/A control whose ratio shows
+    how far from 1.00 two identical models measure, i.e. the resolution of the "× base" column.
     """
     inputs = {k: v for k, v in batch.items() if k != "labels"}
-    if library == "base":
-        return {"latency": _latency(model, inputs, warmup, repeats)}
     plain = copy.deepcopy(model).eval()
+    if library == "base":
+        copy_latency, latency = _paired_latency(plain, model, inputs, warmup, repeats)
+        return {"latency": latency, "copy_latency": copy_latency}
     adapted = libraries.attach(library, METHODS[INFERENCE_METHOD], preset, model)
     _randomise_adapter(adapted)
     unmerged, base_unmerged = _paired_latency(adapted, plain, inputs, warmup, repeats)
@@ -50,13 +53,18 @@ def inference_latency(library: str, preset: ModelPreset, model: nn.Module, batch
 
 def _paired_latency(model: nn.Module, base: nn.Module, batch: Batch, warmup: int,
                     repeats: int) -> tuple[list[float], list[float]]:
-    """(latencies of `model`, latencies of `base`), calls alternating base, model, base, model, ..."""
+    """(latencies of `model`, latencies of `base`), one call of each per pair; the order within a pair alternates
+    (base first, then model first), so that neither always runs second."""
     model.eval()
     timed: tuple[list[float], list[float]] = ([], [])
     with torch.inference_mode():
         for i in range(warmup + repeats):
-            base_s = time_calls(lambda: base(**batch), 0, 1)
-            model_s = time_calls(lambda: model(**batch), 0, 1)
+            if i % 2 == 0:
+                base_s = time_calls(lambda: base(**batch), 0, 1)
+                model_s = time_calls(lambda: model(**batch), 0, 1)
+            else:
+                model_s = time_calls(lambda: model(**batch), 0, 1)
+                base_s = time_calls(lambda: base(**batch), 0, 1)
             if i >= warmup:
                 timed[0].extend(model_s)
                 timed[1].extend(base_s)

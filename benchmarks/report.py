@@ -117,8 +117,13 @@ def training_rows(model: str, configs: Sequence[str], results: Results) -> list[
 
 def inference_rows(model: str, results: Results) -> list[Sequence[object]]:
     """Latency of the base model and of LoRA (all linear, r=8) unmerged and merged, per library."""
-    base = _time(results.get((model, "infer", "base")), "latency")
+    base_result = results.get((model, "infer", "base"))
+    base = _time(base_result, "latency")
     rows: list[Sequence[object]] = [("base model", "torch", _num(base), "1.00×", "", "")]
+    control = paired_ratio(base_result, "copy_latency", "latency")
+    if not math.isnan(control):
+        rows.append(("untouched copy of the base (A/A control)", "torch", _num(_time(base_result, "copy_latency")),
+                     _ratio(control, 1.0), "", "resolution of × base"))
     for library in ("hf", "peftlab"):
         result = results.get((model, "infer", library))
         if result is None:
@@ -196,7 +201,8 @@ def render(models: Sequence[str], configs: Sequence[str], results: Results, sett
         if "infer" in configs:
             lines += ["Inference (eval, no grad, same batch; LoRA r=8 on all linear layers). × base: median ratio to "
                       "an untouched copy of the base model called just before, in the same process; × HF PEFT "
-                      "unmerged divides that by HF PEFT's unmerged ratio:", ""]
+                      "unmerged divides that by HF PEFT's unmerged ratio. The A/A control pairs the base model with its "
+                      "untouched copy the same way: its distance from 1.00× is the column's resolution:", ""]
             lines += _table(("variant", "library", "latency s", "× base", "× HF PEFT unmerged", "note"),
                             inference_rows(model, results)) + [""]
         if "switch" in configs:

@@ -128,3 +128,17 @@ def test_dropped_entry_products_match_dense_formulas(dtype: torch.dtype) -> None
         out = torch.randn(37, 20, dtype=dtype)
         expected = out - 0.5 * (h @ weight) * dropped
         torch.testing.assert_close(mask.sub_dropped_product_(out, h, weight, alpha=0.5), expected, **tolerance)
+
+
+def test_scratch_buffers_are_reused_per_width_and_released() -> None:
+    from peftlab.kernels import scratch as scratch_module
+
+    like = torch.zeros(1)
+    first = scratch_module.scratch("test", (4, 3), like)
+    smaller = scratch_module.scratch("test", (2, 3), like)  # fewer rows: the same storage
+    assert smaller.untyped_storage().data_ptr() == first.untyped_storage().data_ptr()
+    assert smaller.shape == (2, 3) and smaller.is_contiguous()
+    other_slot = scratch_module.scratch("other", (4, 3), like)
+    assert other_slot.untyped_storage().data_ptr() != first.untyped_storage().data_ptr()
+    scratch_module.release()
+    assert not getattr(scratch_module._BUFFERS, "buffers", {})  # nothing held after release

@@ -10,8 +10,8 @@ the gaps between consecutive dropped positions are i.i.d. Geometric(p):
 
 so the dropped positions are the running sums of about p·n such gaps: the same distribution as n independent
 draws, from p·n random numbers (U in float64, so the tail is exact to 2⁻⁵³). The mask is then a sorted list of flat
-positions ("sparse"), applied by gathering and scattering only those entries. For the thin (rank-r) products a
-masked copy of x is cheapest. For a full-size product of the dropped input (DoRA's W x' beside W x), the k dropped
+positions ("sparse"). For the thin (rank-r) products, a masked copy of x in a reused buffer (kernels/scratch.py) is
+cheapest (`kept_matmul`, `kept_rmatmul`). For a full-size product of the dropped input (DoRA's W x' beside W x), the k dropped
 entries replace a second dense product: with x_d holding only the dropped entries of x, x' = (x − x_d) / (1 − p), so
     W x' = (W x − W x_d) / (1 − p)    (`dropped_matmul`: x_d Wᵀ as one weighted embedding bag per row, ≈ p of the work),
 and an input gradient that the mask zeroes needs only the k dropped entries of a product (`sub_dropped_product_`,
@@ -29,6 +29,8 @@ import warnings
 
 import torch
 import torch.nn.functional as F
+
+from peftlab.kernels.scratch import scratch
 
 SPARSE_MAX_RATE = 0.25
 
@@ -90,18 +92,23 @@ class DropoutMask:
             return cls.sample(x, p)
         return given
 
-    def apply(self, x2: torch.Tensor) -> torch.Tensor:
-        """A new (N, d) tensor equal to x2 with the dropped entries zeroed."""
+    def kept_matmul(self, x2: torch.Tensor, weight: torch.Tensor) -> torch.Tensor:
+        """(kept ⊙ x2) @ weightᵀ for an (N, d_in) x2 and a (·, d_in) weight: a thin product of the dropped input."""
         if self.kept is not None:
-            return x2 * self.kept.reshape(x2.shape)
-        return self.zero_dropped_(x2.clone(memory_format=torch.contiguous_format))
+            return (x2 * self.kept.reshape(x2.shape)) @ weight.T
+        return self._masked_scratch(x2) @ weight.T
 
-    def zero_dropped_(self, t: torch.Tensor) -> torch.Tensor:
-        """Zero the dropped entries of a contiguous (N, d) tensor in place."""
+    def kept_rmatmul(self, left: torch.Tensor, x2: torch.Tensor) -> torch.Tensor:
+        """leftᵀ @ (kept ⊙ x2) for an (N, ·) left and an (N, d_in) x2: a weight gradient on the dropped input."""
         if self.kept is not None:
-            return t.mul_(self.kept.reshape(t.shape))
-        t.view(-1).index_fill_(0, self.positions, 0.0)
-        return t
+            return left.T @ (x2 * self.kept.reshape(x2.shape))
+        return left.T @ self._masked_scratch(x2)
+
+    def _masked_scratch(self, x2: torch.Tensor) -> torch.Tensor:
+        """x2 with the dropped entries zeroed, in a reused buffer (kernels/scratch.py): valid for one product."""
+        masked = scratch("masked input", tuple(x2.shape), x2).copy_(x2)
+        masked.view(-1).index_fill_(0, self.positions, 0.0)
+        return masked
 
     def addmm_on_kept_(self, out: torch.Tensor, left: torch.Tensor, right: torch.Tensor) -> torch.Tensor:
         """out += kept ⊙ (left @ right), in place, for a contiguous (N, d) `out`."""

@@ -29,8 +29,7 @@ class LoRALinearFunction(torch.autograd.Function):
         if mask is None:
             factor = x2 @ lora_a.T  # (N, r)
         else:
-            factor = mask.apply(x2) @ lora_a.T  # (N, r); the dropped copy of x is freed at once
-            factor.mul_(1.0 / mask.keep)  # the dropout rescale, on the small side
+            factor = mask.kept_matmul(x2, lora_a).mul_(1.0 / mask.keep)  # (N, r); the dropout rescale on the small side
         out = torch.addmm(bias, x2, weight.T) if bias is not None else x2 @ weight.T  # (N, d_out)
         out.addmm_(factor, lora_b.T, alpha=scaling)
         ctx.keep, *mask_tensors = pack(mask)
@@ -46,7 +45,7 @@ class LoRALinearFunction(torch.autograd.Function):
         g2 = grad.reshape(-1, weight.shape[0])  # (..., d_out) -> (N, d_out)
         g_factor = (g2 @ lora_b.T.contiguous().T).mul_(ctx.scaling / ctx.keep)  # (N, r), dropout rescale included
         grad_b = (factor.T @ g2).T.mul_(ctx.scaling)  # (r, N) @ (N, d_out) -> (r, d_out) -> (d_out, r)
-        grad_a = g_factor.T @ (x2 if mask is None else mask.apply(x2))  # (r, d_in)
+        grad_a = g_factor.T @ x2 if mask is None else mask.kept_rmatmul(g_factor, x2)  # (r, d_in)
         grad_x = None
         if ctx.needs_input_grad[0]:
             grad_x = g2 @ weight  # (N, d_in)
