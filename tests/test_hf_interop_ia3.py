@@ -83,6 +83,7 @@ def test_peftlab_saved_ia3_loads_in_hf(case: Case, tmp_path: Path) -> None:
     written = json.loads((tmp_path / "ours" / "adapter_config.json").read_text())
     assert written["peft_type"] == "IA3"
     assert set(written) <= {f.name for f in dataclasses.fields(IA3Config)}, "keys Hugging Face PEFT does not know"
+    assert written["fan_in_fan_out"] == (case.tiny is GPT2)  # true exactly for GPT-2's Conv1D sites
 
     hf = PeftModel.from_pretrained(copy.deepcopy(base), tmp_path / "ours")
     hf.save_pretrained(tmp_path / "hf")

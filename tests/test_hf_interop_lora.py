@@ -168,6 +168,7 @@ def test_peftlab_saved_adapter_loads_in_hf(case: Case, tmp_path: Path) -> None:
     ours.save(tmp_path / "ours")
     written = json.loads((tmp_path / "ours" / "adapter_config.json").read_text())
     assert set(written) <= {f.name for f in dataclasses.fields(LoraConfig)}, "keys Hugging Face PEFT does not know"
+    assert written["fan_in_fan_out"] == case.hf.get("fan_in_fan_out", False)  # true exactly for GPT-2's Conv1D
 
     hf = PeftModel.from_pretrained(copy.deepcopy(base), tmp_path / "ours")
     hf.save_pretrained(tmp_path / "hf")

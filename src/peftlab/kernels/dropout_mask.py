@@ -11,8 +11,9 @@ the gaps between consecutive dropped positions are i.i.d. Geometric(p):
 so the dropped positions are the running sums of about p·n such gaps: the same distribution as n independent
 draws, from p·n random numbers (U in float64, so the tail is exact to 2⁻⁵³). The mask is then a sorted list of flat
 positions ("sparse"). For the thin (rank-r) products, a masked copy of x in a reused buffer (kernels/scratch.py) is
-cheapest (`kept_matmul`, `kept_rmatmul`). For a full-size product of the dropped input (DoRA's W x' beside W x), the k dropped
-entries replace a second dense product: with x_d holding only the dropped entries of x, x' = (x − x_d) / (1 − p), so
+cheapest (`kept_matmul`, `kept_rmatmul`). For a full-size product of the dropped input (DoRA's W x' beside W x),
+the k dropped entries replace a second dense product: with x_d holding only the dropped entries of x,
+x' = (x − x_d) / (1 − p), so
     W x' = (W x − W x_d) / (1 − p)    (`dropped_matmul`: x_d Wᵀ as one weighted embedding bag per row, ≈ p of the work),
 and an input gradient that the mask zeroes needs only the k dropped entries of a product (`sub_dropped_product_`,
 a sampled product, instead of a second dense one).
@@ -119,7 +120,6 @@ class DropoutMask:
         out.addmm_(left, right)
         flat[self.positions] = before
         return out
-
 
     def dropped_matmul(self, x2: torch.Tensor, weight: torch.Tensor) -> torch.Tensor:
         """x_d @ weightᵀ, (N, d_out), where x_d is the (N, d_in) x2 with only its dropped entries (kept ones zero).
