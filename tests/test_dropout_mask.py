@@ -8,7 +8,9 @@ from collections.abc import Callable
 
 import pytest
 import torch
+from torch import nn
 
+import peftlab
 from peftlab.kernels.dora_linear import DoRALinearFunction
 from peftlab.kernels.dropout_mask import DropoutMask, dropped_positions
 from peftlab.kernels.lora_linear import LoRALinearFunction
@@ -142,3 +144,18 @@ def test_scratch_buffers_are_reused_per_width_and_released() -> None:
     assert other_slot.untyped_storage().data_ptr() != first.untyped_storage().data_ptr()
     scratch_module.release()
     assert not getattr(scratch_module._BUFFERS, "buffers", {})  # nothing held after release
+
+
+def test_training_after_a_dropout_forward_under_inference_mode() -> None:
+    """A training-mode forward under torch.inference_mode (a common slip in evaluation code) must not leave a scratch
+    buffer that later training steps cannot write."""
+    from peftlab.kernels import scratch as scratch_module
+
+    scratch_module.release()
+    torch.manual_seed(0)
+    model = peftlab.adapt(nn.Sequential(nn.Linear(64, 64)), peftlab.LoRA(targets=["0"], dropout=0.1, init="random"))
+    model.train()
+    with torch.inference_mode():
+        model(torch.randn(8, 64))
+    model(torch.randn(8, 64)).sum().backward()
+    assert model.base_model[0].adapters["default"].lora_A.weight.grad is not None

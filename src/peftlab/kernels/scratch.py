@@ -33,7 +33,9 @@ def scratch(slot: str, shape: tuple[int, int], like: torch.Tensor) -> torch.Tens
     key = (slot, width, like.dtype, like.device)
     buffers = _BUFFERS.__dict__.setdefault("buffers", {})
     buffer = buffers.get(key)
-    if buffer is None or buffer.numel() < rows * width:
+    # A buffer made under torch.inference_mode cannot be written outside it: replace it then.
+    if (buffer is None or buffer.numel() < rows * width
+            or (buffer.is_inference() and not torch.is_inference_mode_enabled())):
         buffer = buffers[key] = torch.empty(rows * width, dtype=like.dtype, device=like.device)
     return buffer[: rows * width].view(rows, width)
 
