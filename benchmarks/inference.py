@@ -56,6 +56,7 @@ def _paired_latency(model: nn.Module, base: nn.Module, batch: Batch, warmup: int
     """(latencies of `model`, latencies of `base`), one call of each per pair; the order within a pair alternates
     (base first, then model first), so that neither always runs second."""
     model.eval()
+    base.eval()
     timed: tuple[list[float], list[float]] = ([], [])
     with torch.inference_mode():
         for i in range(warmup + repeats):

@@ -1,4 +1,4 @@
-"""Smoke test of the benchmark harness: quick mode, a minuscule Llama, two configurations. Never asserts timings."""
+"""Smoke test of the benchmark harness: quick mode, a minuscule Llama, training and inference configurations. Never asserts timings."""
 
 from __future__ import annotations
 
@@ -9,10 +9,10 @@ from pathlib import Path
 REPO = Path(__file__).resolve().parents[2]
 
 
-def _training_rows(report: str) -> list[list[str]]:
-    """The data rows of the first table (training), as lists of cells."""
+def _table_rows(report: str, header_start: str) -> list[list[str]]:
+    """The data rows of the first table whose header starts with `header_start`, as lists of cells."""
     lines = report.splitlines()
-    start = next(i for i, line in enumerate(lines) if line.startswith("| configuration |"))
+    start = next(i for i, line in enumerate(lines) if line.startswith(header_start))
     rows = []
     for line in lines[start + 2:]:
         if not line.startswith("|"):
@@ -24,13 +24,13 @@ def _training_rows(report: str) -> list[list[str]]:
 def test_quick_run_writes_the_table(tmp_path: Path) -> None:
     out = tmp_path / "bench.md"
     command = [sys.executable, "-m", "benchmarks.run", "--quick", "--models", "llama-tiny",
-               "--configs", "floor,lora_qv", "--out", str(out)]
+               "--configs", "floor,lora_qv,infer", "--out", str(out)]
     proc = subprocess.run(command, cwd=REPO, capture_output=True, text=True, timeout=300)
     assert proc.returncode == 0, proc.stderr
     report = out.read_text()
     assert report.strip() == proc.stdout.strip()
     assert "## llama-tiny" in report and "torch " in report and "peft " in report
-    rows = _training_rows(report)
+    rows = _table_rows(report, "| configuration |")
     assert [(r[0].split(":")[0], r[1]) for r in rows] == [
         ("floor", "torch"), ("LoRA r=8 q,v (dropout 0.05)", "HF PEFT"), ("LoRA r=8 q,v (dropout 0.05)", "peftlab")]
     for row in rows:
@@ -38,3 +38,8 @@ def test_quick_run_writes_the_table(tmp_path: Path) -> None:
     assert rows[1][2] == rows[2][2] != "—", "both libraries train the same number of parameters"
     assert rows[2][6].endswith("×"), "peftlab's row has a ratio to HF PEFT"
     assert all(r[5].endswith("×") for r in rows), "every row has a (paired) ratio to the floor"
+    inference = {(r[0], r[1]): r for r in _table_rows(report, "| variant |")}
+    control = inference[("untouched copy of the base (A/A control)", "torch")]
+    assert control[3].endswith("×"), "the A/A control has a paired ratio"
+    for library in ("HF PEFT", "peftlab"):
+        assert inference[("LoRA merged", library)][3].endswith("×"), f"{library} merged has a ratio to the base"
