@@ -40,13 +40,13 @@ class DoRALinearFunction(torch.autograd.Function):
         scale = magnitude / norm  # (d_out,)
         if mask is None:
             factor = x2 @ lora_a.T  # (N, r)
-            z = (x2 @ weight.T).addmm_(factor, lora_b.T, alpha=scaling)  # (N, d_out): W x + c B A x
+            z = torch.mm(factor * scaling, lora_b.T).addmm_(x2, weight.T)  # (N, d_out): c B A x + W x
             out = torch.addcmul(bias, z, scale) if bias is not None else z * scale
         else:  # W x + b + (s − 1) ⊙ W x' + s ⊙ c B A x'
             factor = mask.kept_matmul(x2, lora_a).mul_(1.0 / mask.keep)  # (N, r): A x'
-            out = x2 @ weight.T  # (N, d_out): W x
-            z = torch.sub(out, mask.dropped_matmul(x2, weight))  # (N, d_out): W x − W x_d = keep · W x'
-            out.addcmul_(z, (scale - 1.0) / mask.keep)
+            w_dropped = mask.dropped_matmul(x2, weight)  # (N, d_out): W x_d
+            z = torch.addmm(w_dropped, x2, weight.T, beta=-1.0)  # (N, d_out): W x − W x_d = keep · W x'
+            out = w_dropped.addcmul_(z, 1.0 + (scale - 1.0) / mask.keep)  # W x + (s − 1) ⊙ W x', W x = z + W x_d
             out.addmm_(factor, (scale.unsqueeze(1) * lora_b).T, alpha=scaling)  # s scales the small (d_out, r) side
             if bias is not None:
                 out.add_(bias)
@@ -68,7 +68,7 @@ class DoRALinearFunction(torch.autograd.Function):
             g_factor = (g_z @ lora_b.T.contiguous().T).mul_(ctx.scaling)  # (N, r)
             grad_b = (factor.T @ g_z).T.mul_(ctx.scaling)  # (r, N) @ (N, d_out) -> (d_out, r)
             grad_a = g_factor.T @ x2  # (r, d_in)
-            grad_x = (g_z @ weight).addmm_(g_factor, lora_a) if ctx.needs_input_grad[0] else None
+            grad_x = (g_factor @ lora_a).addmm_(g_z, weight) if ctx.needs_input_grad[0] else None
         else:  # z = keep · W x'; s moves to the small side: ∂z B = g (s ⊙ B), ∂B = c s ⊙ (gᵀ A x')
             g_factor_t = g2.T @ factor  # (d_out, N) @ (N, r) -> (d_out, r)
             grad_m = (grad_m.div_(ctx.keep) + ctx.scaling * (g_factor_t * lora_b).sum(1)) / norm  # (d_out,)
@@ -78,8 +78,8 @@ class DoRALinearFunction(torch.autograd.Function):
             grad_a = mask.kept_rmatmul(g_factor, x2)  # (r, d_in)
             grad_x = None
             if ctx.needs_input_grad[0]:
-                grad_x = torch.mul(g2, 1.0 + (scale - 1.0) / ctx.keep, out=temporary) @ weight  # (N, d_in): g W + h W / keep
-                mask.addmm_on_kept_(grad_x, g_factor, lora_a)
+                grad_x = mask.zero_dropped_(g_factor @ lora_a)  # (N, d_in): the low-rank part, masked
+                grad_x.addmm_(torch.mul(g2, 1.0 + (scale - 1.0) / ctx.keep, out=temporary), weight)  # += (g + h / keep) W
                 h = torch.mul(g2, scale - 1.0, out=temporary)  # (N, d_out)
                 mask.sub_dropped_product_(grad_x, h, weight, alpha=1.0 / ctx.keep)  # − d ⊙ (h W) / keep
         if grad_x is not None:

@@ -107,19 +107,14 @@ class DropoutMask:
 
     def _masked_scratch(self, x2: torch.Tensor) -> torch.Tensor:
         """x2 with the dropped entries zeroed, in a reused buffer (kernels/scratch.py): valid for one product."""
-        masked = scratch("masked input", tuple(x2.shape), x2).copy_(x2)
-        masked.view(-1).index_fill_(0, self.positions, 0.0)
-        return masked
+        return self.zero_dropped_(scratch("masked input", tuple(x2.shape), x2).copy_(x2))
 
-    def addmm_on_kept_(self, out: torch.Tensor, left: torch.Tensor, right: torch.Tensor) -> torch.Tensor:
-        """out += kept ⊙ (left @ right), in place, for a contiguous (N, d) `out`."""
+    def zero_dropped_(self, t: torch.Tensor) -> torch.Tensor:
+        """Zero the dropped entries of a contiguous (N, d) tensor in place."""
         if self.kept is not None:
-            return out.add_((left @ right).mul_(self.kept.reshape(out.shape)))
-        flat = out.view(-1)
-        before = flat[self.positions]  # (k,) the dropped entries, which must not change
-        out.addmm_(left, right)
-        flat[self.positions] = before
-        return out
+            return t.mul_(self.kept.reshape(t.shape))
+        t.view(-1).index_fill_(0, self.positions, 0.0)
+        return t
 
     def dropped_matmul(self, x2: torch.Tensor, weight: torch.Tensor) -> torch.Tensor:
         """x_d @ weightᵀ, (N, d_out), where x_d is the (N, d_in) x2 with only its dropped entries (kept ones zero).

@@ -1,7 +1,8 @@
 """One fused autograd function for a frozen Linear plus LoRA:  y = x Wᵀ + b + s · (m ⊙ x / (1 − p)) Aᵀ Bᵀ
 
 Against the plain composition of modules (dropout, two linears, a scale, an add) it
-  - accumulates the low-rank update into the base output in place (one addmm, no (N, d_out) temporaries),
+  - accumulates the base product onto the low-rank update inside one BLAS call (addmm_: no extra pass over the
+    (N, d_out) output, no temporaries); the input gradient likewise,
   - applies the scale s and the dropout rescale 1 / (1 − p) to the small (N, r) factor, never to a full-size tensor,
   - draws the dropout mask in its cheapest form (kernels/dropout_mask.py: on a CPU, only the dropped positions),
   - saves for backward only x (which the model keeps anyway), the (N, r) factor and the mask,
@@ -30,8 +31,12 @@ class LoRALinearFunction(torch.autograd.Function):
             factor = x2 @ lora_a.T  # (N, r)
         else:
             factor = mask.kept_matmul(x2, lora_a).mul_(1.0 / mask.keep)  # (N, r); the dropout rescale on the small side
-        out = torch.addmm(bias, x2, weight.T) if bias is not None else x2 @ weight.T  # (N, d_out)
-        out.addmm_(factor, lora_b.T, alpha=scaling)
+        # The thin product first, then the large one accumulates onto it inside the BLAS call (no extra pass).
+        if bias is not None:
+            out = torch.addmm(bias, factor, lora_b.T, alpha=scaling)  # (N, d_out): b + c B A x'
+        else:
+            out = torch.mm(factor * scaling, lora_b.T)
+        out.addmm_(x2, weight.T)  # += W x
         ctx.keep, *mask_tensors = pack(mask)
         ctx.save_for_backward(x2, weight, lora_a, lora_b, factor, *mask_tensors)
         ctx.scaling, ctx.lead_shape = scaling, x.shape[:-1]
@@ -48,12 +53,10 @@ class LoRALinearFunction(torch.autograd.Function):
         grad_a = g_factor.T @ x2 if mask is None else mask.kept_rmatmul(g_factor, x2)  # (r, d_in)
         grad_x = None
         if ctx.needs_input_grad[0]:
-            grad_x = g2 @ weight  # (N, d_in)
-            if mask is None:
-                grad_x.addmm_(g_factor, lora_a)
-            else:
-                mask.addmm_on_kept_(grad_x, g_factor, lora_a)
-            grad_x = grad_x.view(*ctx.lead_shape, d_in)
+            grad_x = g_factor @ lora_a  # (N, d_in): ∂x' through A, then masked, then the large product onto it
+            if mask is not None:
+                mask.zero_dropped_(grad_x)
+            grad_x = grad_x.addmm_(g2, weight).view(*ctx.lead_shape, d_in)
         return grad_x, None, None, grad_a, grad_b, None, None
 
 
