@@ -21,13 +21,6 @@ from benchmarks.models import ModelPreset
 SWITCHES_PER_REPEAT = 10
 
 
-def _latency(model: nn.Module, batch: Batch, warmup: int, repeats: int) -> list[float]:
-    """Eval-mode, inference-mode latency of `warmup + repeats` calls; the last `repeats`."""
-    model.eval()
-    with torch.inference_mode():
-        return time_calls(lambda: model(**batch), warmup, repeats)
-
-
 def inference_latency(library: str, preset: ModelPreset, model: nn.Module, batch: Batch, warmup: int,
                       repeats: int) -> dict[str, list[float]]:
     """Eval-mode forward latency of the base model ("base") or of a LoRA adapter unmerged, then merged.
@@ -55,21 +48,15 @@ def _paired_latency(model: nn.Module, base: nn.Module, batch: Batch, warmup: int
                     repeats: int) -> tuple[list[float], list[float]]:
     """(latencies of `model`, latencies of `base`), one call of each per pair; the order within a pair alternates
     (base first, then model first), so that neither always runs second."""
-    model.eval()
-    base.eval()
-    timed: tuple[list[float], list[float]] = ([], [])
+    calls = {"model": model.eval(), "base": base.eval()}
+    timed: dict[str, list[float]] = {"model": [], "base": []}
     with torch.inference_mode():
         for i in range(warmup + repeats):
-            if i % 2 == 0:
-                base_s = time_calls(lambda: base(**batch), 0, 1)
-                model_s = time_calls(lambda: model(**batch), 0, 1)
-            else:
-                model_s = time_calls(lambda: model(**batch), 0, 1)
-                base_s = time_calls(lambda: base(**batch), 0, 1)
-            if i >= warmup:
-                timed[0].extend(model_s)
-                timed[1].extend(base_s)
-    return timed
+            for name in ("base", "model") if i % 2 == 0 else ("model", "base"):
+                seconds = time_calls(lambda m=calls[name]: m(**batch), 0, 1)
+                if i >= warmup:
+                    timed[name] += seconds
+    return timed["model"], timed["base"]
 
 
 def _randomise_adapter(model: nn.Module) -> None:

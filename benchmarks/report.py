@@ -130,11 +130,8 @@ def inference_rows(model: str, results: Results) -> list[Sequence[object]]:
             continue
         for label, field, reference in (("LoRA unmerged", "latency", "paired_base"),
                                         ("LoRA merged", "merged_latency", "paired_base_merged")):
-            value = _time(result, field)
             versus_base = paired_ratio(result, field, reference)
-            if math.isnan(versus_base):  # results without paired base calls
-                versus_base = value / base
-            rows.append((label, LIBRARY_NAMES[library], _num(value), _ratio(versus_base, 1.0),
+            rows.append((label, LIBRARY_NAMES[library], _num(_time(result, field)), _ratio(versus_base, 1.0),
                          _ratio(versus_base, paired_ratio(results.get((model, "infer", "hf")), "latency",
                                                           "paired_base")), result.get("note", "")))
     return rows

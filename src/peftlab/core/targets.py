@@ -36,6 +36,12 @@ def linear_types() -> tuple[type, ...]:
     return (nn.Linear, Conv1D)
 
 
+def stores_weight_transposed(module: nn.Module) -> bool:
+    """True for transformers' Conv1D (GPT-2), a linear layer whose weight is stored (d_in, d_out): the layout Hugging
+    Face PEFT calls fan_in_fan_out."""
+    return isinstance(module, linear_types()) and not isinstance(module, nn.Linear)
+
+
 def layer_index(name: str) -> int | None:
     """The transformer layer index in a module name ("encoder.layer.3.attention" -> 3), or None."""
     found = _LAYER_INDEX.findall(name)

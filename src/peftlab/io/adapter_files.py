@@ -17,13 +17,12 @@ from typing import TYPE_CHECKING, Any
 import torch
 from safetensors import safe_open
 from safetensors.torch import save_file
-from torch import nn
 
 import peftlab
 from peftlab.core.config import MethodConfig
 from peftlab.core.layer import export_state, import_state
 from peftlab.core.registry import method_for_file_type
-from peftlab.core.targets import linear_types
+from peftlab.core.targets import stores_weight_transposed
 from peftlab.errors import AdapterLoadError, ConfigError, PeftlabError
 from peftlab.io.atomic import atomic_path, write_text_atomic
 
@@ -53,9 +52,9 @@ def save_adapter(model: AdaptedModel, name: str, folder: Path) -> None:
     sites = sorted(p for p, k in kinds.items() if k == "method")
     saved = sorted(p for p, k in kinds.items() if k == "saved")
     file_config = config.to_file_config(sites, saved)
-    if "fan_in_fan_out" in file_config and any(isinstance(module, linear_types()) and not isinstance(module, nn.Linear)
+    if "fan_in_fan_out" in file_config and any(stores_weight_transposed(module)
                                                for _, module in model.site_adapters(name).values()):
-        file_config["fan_in_fan_out"] = True  # transformers' Conv1D (GPT-2) stores weights as (d_in, d_out)
+        file_config["fan_in_fan_out"] = True
     extra = getattr(model.model_adapters[name], "file_config", None) if name in model.model_adapters else None
     if extra is not None:
         file_config.update(extra())

@@ -95,18 +95,16 @@ class DropoutMask:
 
     def kept_matmul(self, x2: torch.Tensor, weight: torch.Tensor) -> torch.Tensor:
         """(kept ⊙ x2) @ weightᵀ for an (N, d_in) x2 and a (·, d_in) weight: a thin product of the dropped input."""
-        if self.kept is not None:
-            return (x2 * self.kept.reshape(x2.shape)) @ weight.T
-        return self._masked_scratch(x2) @ weight.T
+        return self._masked(x2) @ weight.T
 
     def kept_rmatmul(self, left: torch.Tensor, x2: torch.Tensor) -> torch.Tensor:
         """leftᵀ @ (kept ⊙ x2) for an (N, ·) left and an (N, d_in) x2: a weight gradient on the dropped input."""
-        if self.kept is not None:
-            return left.T @ (x2 * self.kept.reshape(x2.shape))
-        return left.T @ self._masked_scratch(x2)
+        return left.T @ self._masked(x2)
 
-    def _masked_scratch(self, x2: torch.Tensor) -> torch.Tensor:
-        """x2 with the dropped entries zeroed, in a reused buffer (kernels/scratch.py): valid for one product."""
+    def _masked(self, x2: torch.Tensor) -> torch.Tensor:
+        """kept ⊙ x2, for one product only (the sparse form's copy lives in a reused buffer, kernels/scratch.py)."""
+        if self.kept is not None:
+            return x2 * self.kept.reshape(x2.shape)
         return self.zero_dropped_(scratch("masked input", tuple(x2.shape), x2).copy_(x2))
 
     def zero_dropped_(self, t: torch.Tensor) -> torch.Tensor:

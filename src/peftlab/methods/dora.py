@@ -19,7 +19,7 @@ from torch import nn
 from peftlab.core.bias_site import BiasDelta
 from peftlab.core.layer import BaseCall
 from peftlab.core.registry import register
-from peftlab.core.targets import linear_types
+from peftlab.core.targets import linear_types, stores_weight_transposed
 from peftlab.core.typology import AttachKind, MethodCard
 from peftlab.kernels.dora_linear import DoRALinearFunction
 from peftlab.kernels.dropout_mask import DropoutMask
@@ -43,8 +43,8 @@ class DoRA(LoRA):
         if not self.supports(module):  # a bias-only site added by bias="all"
             return BiasDelta(module)
         r, scaling = self.rank_and_scaling(path)
-        transposed = not isinstance(module, nn.Linear)
-        return DoRALinear(module, r, scaling, self.dropout, self.init, transposed, self.bias != "none")
+        return DoRALinear(module, r, scaling, self.dropout, self.init, stores_weight_transposed(module),
+                          self.bias != "none")
 
 
 class DoRALinear(LoRALinear):

@@ -23,7 +23,7 @@ from torch import nn
 from peftlab.core.config import MethodConfig, TargetSpec, check, normalise_targets
 from peftlab.core.layer import BaseCall
 from peftlab.core.registry import register
-from peftlab.core.targets import linear_types, select_modules
+from peftlab.core.targets import linear_types, select_modules, stores_weight_transposed
 from peftlab.core.typology import AttachKind, MethodCard
 from peftlab.errors import AdapterLoadError, TargetError
 
@@ -144,7 +144,7 @@ class IA3Site(nn.Module):
         weight = module.weight
         conv = isinstance(module, nn.modules.conv._ConvNd)
         # Axes of the weight holding (d_out, d_in): Linear and Conv store (d_out, d_in, ...), GPT-2's Conv1D (d_in, d_out).
-        out_axis, in_axis = (1, 0) if not conv and not isinstance(module, nn.Linear) else (0, 1)
+        out_axis, in_axis = (1, 0) if stores_weight_transposed(module) else (0, 1)
         self.weight_axis = in_axis if feedforward else out_axis
         size = weight.shape[self.weight_axis]
         if conv:

@@ -23,7 +23,7 @@ from peftlab.core.bias_site import BiasDelta, has_bias
 from peftlab.core.config import MethodConfig, check, check_range
 from peftlab.core.layer import BaseCall
 from peftlab.core.registry import register
-from peftlab.core.targets import linear_types
+from peftlab.core.targets import linear_types, stores_weight_transposed
 from peftlab.core.typology import AttachKind, MethodCard
 from peftlab.kernels.lora_linear import lora_linear
 
@@ -119,8 +119,7 @@ class LoRA(MethodConfig):
             return LoRAEmbedding(module, r, scaling, self.init)
         if isinstance(module, (nn.Conv1d, nn.Conv2d)):
             return LoRAConv(module, r, scaling, self.dropout, self.init, train_bias)
-        transposed = not isinstance(module, nn.Linear)  # transformers' Conv1D stores (d_in, d_out)
-        return LoRALinear(module, r, scaling, self.dropout, self.init, transposed, train_bias)
+        return LoRALinear(module, r, scaling, self.dropout, self.init, stores_weight_transposed(module), train_bias)
 
 
 def linear_shape(module: nn.Module, transposed: bool) -> tuple[int, int]:
