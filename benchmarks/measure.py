@@ -95,12 +95,24 @@ def floor_forward(call: Callable[..., object], embeddings: nn.Module, batch: Bat
     return forward
 
 
-def time_floor(model: nn.Module, batch: Batch, warmup: int, repeats: int) -> StepTimes:
+def time_floor(model: nn.Module, batch: Batch, warmup: int, repeats: int) -> tuple[StepTimes, StepTimes]:
     """The floor: every parameter frozen; gradients flow to a leaf `inputs_embeds` only (no weight grads, no
-    optimizer). Any method's step needs at least this forward and this activation backward."""
+    optimizer). Any method's step needs at least this forward and this activation backward.
+
+    Measured in pairs of two floor steps, as `time_training_paired` pairs a step with a floor step: returns (first,
+    second) of each pair. The second against the first is an A/A control, what two identical steps measure, i.e.
+    the resolution of every "× floor" ratio of the run.
+    """
     for param in model.parameters():
         param.requires_grad_(False)
-    return run_steps(floor_forward(model, model.get_input_embeddings(), batch), None, warmup, repeats)
+    forward = floor_forward(model, model.get_input_embeddings(), batch)
+    firsts, seconds = StepTimes(), StepTimes()
+    for i in range(warmup + repeats):
+        first, second = run_steps(forward, None, 0, 1), run_steps(forward, None, 0, 1)
+        if i >= warmup:
+            firsts.extend(first)
+            seconds.extend(second)
+    return firsts, seconds
 
 
 @contextlib.contextmanager

@@ -7,8 +7,9 @@ import importlib.metadata
 import math
 import os
 import platform
+import random
 import statistics
-from collections.abc import Iterable, Sequence
+from collections.abc import Callable, Iterable, Sequence
 from typing import Any
 
 from benchmarks.configs import INFERENCE, title
@@ -54,13 +55,56 @@ def _time(result: Result | None, name: str) -> float:
     return median(result["times"][name])
 
 
-def paired_ratio(result: Result | None, name: str = "step", reference: str = "paired_floor") -> float:
-    """Median over measurements of (`name` / the `reference` measured just before it, same process); NaN if the
-    result has no such pairs."""
+def paired_ratios(result: Result | None, name: str = "step", reference: str = "paired_floor") -> list[float]:
+    """Every (`name` / the `reference` measured next to it, same process); empty if the result has no such pairs."""
     if not result or result["status"] != "ok" or reference not in result["times"] or name not in result["times"]:
-        return math.nan
+        return []
     times = result["times"]
-    return median(value / ref for value, ref in zip(times[name], times[reference], strict=True))
+    return [value / ref for value, ref in zip(times[name], times[reference], strict=True)]
+
+
+def paired_ratio(result: Result | None, name: str = "step", reference: str = "paired_floor") -> float:
+    """The median of `paired_ratios`; NaN if there are none."""
+    return median(paired_ratios(result, name, reference))
+
+
+def bootstrap_interval(statistic: Callable[..., float], *samples: Sequence[float], coverage: float = 0.95,
+                       resamples: int = 2000, seed: int = 0) -> tuple[float, float]:
+    """Percentile bootstrap interval of `statistic(*samples)`, each sample resampled with replacement on its own.
+
+    Seeded, so that a report rendered twice from the same raw results is identical. With few measurements (5 per
+    process) it is a rough guide to how far a median may move between runs, not an exact confidence interval.
+    """
+    if any(not sample for sample in samples):
+        return math.nan, math.nan
+    rng = random.Random(seed)
+    values = sorted(statistic(*(rng.choices(sample, k=len(sample)) for sample in samples))
+                    for _ in range(resamples))
+    tail = (1 - coverage) / 2
+    return values[round(tail * (resamples - 1))], values[round((1 - tail) * (resamples - 1))]
+
+
+def _ratio_of_medians(numerator: Sequence[float], denominator: Sequence[float]) -> float:
+    return median(numerator) / median(denominator)
+
+
+def _ratio_cell(value: float, interval: tuple[float, float]) -> str:
+    """A ratio with its bootstrap interval: "1.08× (1.03–1.12)"."""
+    low, high = interval
+    if math.isnan(value):
+        return "—"
+    return f"{value:.2f}×" if math.isnan(low) else f"{value:.2f}× ({low:.2f}–{high:.2f})"
+
+
+def _median_cell(ratios: Sequence[float]) -> str:
+    return _ratio_cell(median(ratios), bootstrap_interval(median, ratios))
+
+
+def _versus_cell(ours: Sequence[float], theirs: Sequence[float]) -> str:
+    """Our median paired ratio over theirs, with the interval of that quotient."""
+    if not ours or not theirs:
+        return "—"
+    return _ratio_cell(_ratio_of_medians(ours, theirs), bootstrap_interval(_ratio_of_medians, ours, theirs))
 
 
 def _num(value: float, digits: int = 3) -> str:
@@ -92,8 +136,8 @@ TRAINING_HEADER = ("configuration", "library", "trainable params", "step s", "fw
 
 
 def training_rows(model: str, configs: Sequence[str], results: Results) -> list[Sequence[object]]:
-    """One row per (training configuration, library), with the step time and peak RSS ratios."""
-    floor = _time(results.get((model, "floor", "floor")), "step")
+    """One row per (training configuration, library), with the step time and peak RSS ratios. The floor's own
+    "× floor" is its A/A control: a floor step against the floor step just before it."""
     rows = []
     for config in (c for c in configs if c not in INFERENCE):
         hf = results.get((model, config, "hf"))
@@ -102,16 +146,19 @@ def training_rows(model: str, configs: Sequence[str], results: Results) -> list[
             if result is None:
                 continue
             step, note = _time(result, "step"), result.get("note", "")
+            if config == "floor" and result["status"] == "ok":
+                note = "; ".join(filter(None, ["A/A control: × floor is the resolution of that column", note]))
             phases = " / ".join(_num(_time(result, p)) for p in ("forward", "backward", "optimizer"))
             ok = result["status"] == "ok"
             peak = result["rss_peak_mb"] if ok else math.nan
             hf_peak = hf["rss_peak_mb"] if hf and hf["status"] == "ok" else math.nan
             versus_hf = library == "peftlab"
-            versus_floor = paired_ratio(result) if config != "floor" else step / floor
+            ratios = paired_ratios(result)
             rows.append((title(config), LIBRARY_NAMES[library], f"{result['trainable']:,}" if ok else "—",
-                         _num(step), phases if ok else "—", _ratio(versus_floor, 1.0),
-                         _ratio(versus_floor, paired_ratio(hf)) if versus_hf else "", _mb(result.get("rss_build_mb",
-                         math.nan)), _mb(peak), _ratio(peak, hf_peak) if versus_hf else "", note))
+                         _num(step), phases if ok else "—", _median_cell(ratios),
+                         _versus_cell(ratios, paired_ratios(hf)) if versus_hf else "",
+                         _mb(result.get("rss_build_mb", math.nan)), _mb(peak),
+                         _ratio(peak, hf_peak) if versus_hf else "", note))
     return rows
 
 
@@ -120,20 +167,21 @@ def inference_rows(model: str, results: Results) -> list[Sequence[object]]:
     base_result = results.get((model, "infer", "base"))
     base = _time(base_result, "latency")
     rows: list[Sequence[object]] = [("base model", "torch", _num(base), "1.00×", "", "")]
-    control = paired_ratio(base_result, "copy_latency", "latency")
-    if not math.isnan(control):
+    control = paired_ratios(base_result, "copy_latency", "latency")
+    if control:
         rows.append(("untouched copy of the base (A/A control)", "torch", _num(_time(base_result, "copy_latency")),
-                     _ratio(control, 1.0), "", "resolution of × base"))
+                     _median_cell(control), "", "resolution of × base"))
+    hf_unmerged = paired_ratios(results.get((model, "infer", "hf")), "latency", "paired_base")
     for library in ("hf", "peftlab"):
         result = results.get((model, "infer", library))
         if result is None:
             continue
         for label, field, reference in (("LoRA unmerged", "latency", "paired_base"),
                                         ("LoRA merged", "merged_latency", "paired_base_merged")):
-            versus_base = paired_ratio(result, field, reference)
-            rows.append((label, LIBRARY_NAMES[library], _num(_time(result, field)), _ratio(versus_base, 1.0),
-                         _ratio(versus_base, paired_ratio(results.get((model, "infer", "hf")), "latency",
-                                                          "paired_base")), result.get("note", "")))
+            versus_base = paired_ratios(result, field, reference)
+            itself = library == "hf" and field == "latency"
+            rows.append((label, LIBRARY_NAMES[library], _num(_time(result, field)), _median_cell(versus_base),
+                         "1.00×" if itself else _versus_cell(versus_base, hf_unmerged), result.get("note", "")))
     return rows
 
 
@@ -187,7 +235,10 @@ def render(models: Sequence[str], configs: Sequence[str], results: Results, sett
              "optimizer: forward + backward to the input embeddings only, all weights frozen). Every training step "
              "is paired with a floor step of the same weights run just before it in the same process (the method "
              "switched off): × floor is the median of these paired ratios, and × HF PEFT divides peftlab's by HF "
-             "PEFT's, so load that drifts over minutes cancels out. RSS is the process's "
+             "PEFT's, so load that drifts over minutes cancels out. In brackets: a 95% bootstrap interval of each "
+             "ratio (resampling the measured pairs), a guide to how far it may move between runs. The floor row's "
+             "× floor pairs two floor steps the same way (an A/A control): its distance from 1.00× is what this "
+             "machine resolves. RSS is the process's "
              "peak resident set (ru_maxrss), after model build + attach and at the end. How and why: "
              "benchmarks/README.md; a per-operator breakdown: `python -m benchmarks.profile_lora`.", ""]
     for model in models:

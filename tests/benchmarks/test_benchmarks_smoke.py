@@ -2,11 +2,13 @@
 
 from __future__ import annotations
 
+import re
 import subprocess
 import sys
 from pathlib import Path
 
 REPO = Path(__file__).resolve().parents[2]
+RATIO_WITH_INTERVAL = re.compile(r"^\d+\.\d\d× \(\d+\.\d\d–\d+\.\d\d\)$")  # "1.08× (1.03–1.12)"
 
 
 def _table_rows(report: str, header_start: str) -> list[list[str]]:
@@ -33,13 +35,14 @@ def test_quick_run_writes_the_table(tmp_path: Path) -> None:
     rows = _table_rows(report, "| configuration |")
     assert [(r[0].split(":")[0], r[1]) for r in rows] == [
         ("floor", "torch"), ("LoRA r=8 q,v (dropout 0.05)", "HF PEFT"), ("LoRA r=8 q,v (dropout 0.05)", "peftlab")]
-    for row in rows:
+    assert rows[0][-1].startswith("A/A control"), "the floor row is the A/A control of the × floor column"
+    for row in rows[1:]:
         assert row[-1] == "", f"not measured: {row}"  # the note column is empty for a measured row
     assert rows[1][2] == rows[2][2] != "—", "both libraries train the same number of parameters"
-    assert rows[2][6].endswith("×"), "peftlab's row has a ratio to HF PEFT"
-    assert all(r[5].endswith("×") for r in rows), "every row has a (paired) ratio to the floor"
+    assert RATIO_WITH_INTERVAL.match(rows[2][6]), "peftlab's row has a ratio to HF PEFT, with its interval"
+    assert all(RATIO_WITH_INTERVAL.match(r[5]) for r in rows), "every row has a paired ratio to the floor"
     inference = {(r[0], r[1]): r for r in _table_rows(report, "| variant |")}
     control = inference[("untouched copy of the base (A/A control)", "torch")]
-    assert control[3].endswith("×"), "the A/A control has a paired ratio"
+    assert RATIO_WITH_INTERVAL.match(control[3]), "the A/A control has a paired ratio"
     for library in ("HF PEFT", "peftlab"):
-        assert inference[("LoRA merged", library)][3].endswith("×"), f"{library} merged has a ratio to the base"
+        assert RATIO_WITH_INTERVAL.match(inference[("LoRA merged", library)][3]), f"{library} merged: ratio to base"
