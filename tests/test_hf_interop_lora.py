@@ -189,6 +189,29 @@ def test_sites_match_hf_targeting() -> None:
         assert ours_ranks == hf_ranks, case.id
 
 
+@pytest.mark.parametrize("dora", [False, True], ids=["lora", "dora"])
+def test_bias_all_trains_every_bias_and_adapts_only_the_targets(dora: bool) -> None:
+    """bias="all" trains every bias of the model (HF PEFT's meaning) while the low-rank update stays on the targets:
+    the same trainable parameters as HF PEFT, site by site (it once put a full LoRA on every Linear with a bias)."""
+    base = _base(BERT)
+    hf = get_peft_model(copy.deepcopy(base), LoraConfig(r=4, lora_alpha=8, target_modules=QV, bias="all",
+                                                        use_dora=dora, task_type="SEQ_CLS"))
+    method = peftlab.DoRA if dora else peftlab.LoRA
+    ours = peftlab.adapt(copy.deepcopy(base), method(r=4, alpha=8, targets=QV, bias="all"))
+    sites = ours.site_adapters("default")
+    lora_paths = {path for path, (site, _) in sites.items() if hasattr(site, "lora_A")}
+    hf_lora_paths = {name.removeprefix("base_model.model.") for name, module in hf.named_modules()
+                     if hasattr(module, "lora_A") and isinstance(getattr(module, "r", None), dict)}
+    assert lora_paths == hf_lora_paths and all(path.rsplit(".", 1)[-1] in QV for path in lora_paths)
+    bias_paths = {path for path, (site, _) in sites.items() if getattr(site, "bias_delta", None) is not None}
+    hf_bias_paths = {name.removeprefix("base_model.model.").removesuffix(".bias").removesuffix(".base_layer")
+                     for name, param in hf.named_parameters()
+                     if param.requires_grad and name.endswith(".bias") and "modules_to_save" not in name}
+    assert bias_paths == hf_bias_paths and lora_paths < bias_paths
+    trainable = sum(p.numel() for p in ours.parameters() if p.requires_grad)
+    assert trainable == sum(p.numel() for p in hf.parameters() if p.requires_grad)
+
+
 # --- files peftlab must refuse, naming what is wrong ----------------------------------------------------------------
 def _hf_bert_adapter(folder: Path, bert: nn.Module | None = None, **config: Any) -> Path:
     torch.manual_seed(0)

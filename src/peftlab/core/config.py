@@ -114,6 +114,10 @@ class MethodConfig:
         """The per-site adapter for `module` at `path` (see core.layer.SiteAdapter). `shared` is the model adapter."""
         raise NotImplementedError(f"{type(self).__name__} must implement build_site()")
 
+    def bias_only_sites(self, model: nn.Module, sites: dict[str, nn.Module]) -> dict[str, nn.Module]:
+        """Modules outside `sites` whose bias this method also trains (a `BiasDelta` each, e.g. LoRA's bias="all")."""
+        return {}
+
     def build_model_adapter(self, model: nn.Module) -> nn.Module | None:
         """An optional model-level adapter (see core.layer.ModelAdapter): input-side methods put their tensors here."""
         return None

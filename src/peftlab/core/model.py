@@ -11,6 +11,7 @@ from typing import Any
 from torch import nn
 
 from peftlab.core import attach
+from peftlab.core.bias_site import BiasDelta
 from peftlab.core.config import MethodConfig
 from peftlab.core.copy_site import CopySite
 from peftlab.core.layer import AdaptedLayer, MergeableSite
@@ -104,9 +105,10 @@ class AdaptedModel(nn.Module):
         if shared is not None:
             self.model_adapters[adapter_name] = shared.train(base.training)
             self._ensure_hook()
-        for path in sites:
+        bias_only = config.bias_only_sites(base, sites)
+        for path in [*sites, *bias_only]:
             layer = attach.wrap(base, path)
-            site = config.build_site(layer.base_layer, path, shared)
+            site = BiasDelta(layer.base_layer) if path in bias_only else config.build_site(layer.base_layer, path, shared)
             layer.adapters[adapter_name] = attach.place_like(site, layer.base_layer).train(layer.base_layer.training)
             placed[path] = "method"
         for path in saved:

@@ -16,7 +16,6 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from peftlab.core.bias_site import BiasDelta
 from peftlab.core.layer import BaseCall
 from peftlab.core.registry import register
 from peftlab.core.targets import linear_types, stores_weight_transposed
@@ -40,8 +39,6 @@ class DoRA(LoRA):
         return isinstance(module, linear_types())
 
     def build_site(self, module: nn.Module, path: str, shared: nn.Module | None) -> nn.Module:
-        if not self.supports(module):  # a bias-only site added by bias="all"
-            return BiasDelta(module)
         r, scaling = self.rank_and_scaling(path)
         return DoRALinear(module, r, scaling, self.dropout, self.init, stores_weight_transposed(module),
                           self.bias != "none")

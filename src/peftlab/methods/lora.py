@@ -19,7 +19,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from peftlab.core.bias_site import BiasDelta, has_bias
+from peftlab.core.bias_site import has_bias
 from peftlab.core.config import MethodConfig, check, check_range
 from peftlab.core.layer import BaseCall
 from peftlab.core.registry import register
@@ -84,15 +84,15 @@ class LoRA(MethodConfig):
             return module.groups == 1
         return isinstance(module, (*linear_types(), nn.Embedding))
 
-    def select_sites(self, model: nn.Module) -> dict[str, nn.Module]:
-        sites = super().select_sites(model)
-        if self.bias == "all":  # bias deltas on every other module with a bias, saved with the adapter
-            from peftlab.core.targets import candidate_modules, is_head
+    def bias_only_sites(self, model: nn.Module, sites: dict[str, nn.Module]) -> dict[str, nn.Module]:
+        """bias="all": a bias delta on every other module with a bias (the output head aside), as HF PEFT trains
+        every bias in the model; the low-rank update stays on the targets."""
+        if self.bias != "all":
+            return {}
+        from peftlab.core.targets import candidate_modules, is_head
 
-            for path, module in candidate_modules(model):
-                if path not in sites and has_bias(module) and not is_head(model, path, module):
-                    sites[path] = module
-        return sites
+        return {path: module for path, module in candidate_modules(model)
+                if path not in sites and has_bias(module) and not is_head(model, path, module)}
 
     @classmethod
     def file_type(cls) -> str:
@@ -111,8 +111,6 @@ class LoRA(MethodConfig):
         return r, alpha / (math.sqrt(r) if self.use_rslora else r)
 
     def build_site(self, module: nn.Module, path: str, shared: nn.Module | None) -> nn.Module:
-        if not self.supports(module):  # a bias-only site added by bias="all"
-            return BiasDelta(module)
         r, scaling = self.rank_and_scaling(path)
         train_bias = self.bias != "none" and has_bias(module)
         if isinstance(module, nn.Embedding):
