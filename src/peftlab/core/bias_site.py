@@ -18,12 +18,27 @@ def has_bias(module: nn.Module) -> bool:
 
 
 class BiasDelta(nn.Module):
-    """Adds a trainable Δb to the output's channel dimension (the last one, or dim 1 for convolutions)."""
+    """Adds a trainable Δb to the output's channel dimension (the last one, or dim 1 for convolutions).
 
-    def __init__(self, module: nn.Module) -> None:
+    Files hold Δb under "bias_delta", or, with `absolute_in_files`, the absolute bias b + Δb under "bias": how Hugging
+    Face PEFT stores the biases that LoRA's bias="all" trains outside the targets.
+    """
+
+    def __init__(self, module: nn.Module, absolute_in_files: bool = False) -> None:
         super().__init__()
         self.bias_delta = nn.Parameter(torch.zeros_like(module.bias))
         self.channel_dim = 1 if isinstance(module, CHANNEL_FIRST) else -1
+        self.absolute_in_files = absolute_in_files
+
+    def export_state(self, module: nn.Module) -> dict[str, torch.Tensor]:
+        if self.absolute_in_files:
+            return {"bias": (module.bias + self.bias_delta).detach()}
+        return {"bias_delta": self.bias_delta.detach()}
+
+    def import_state(self, state: dict[str, torch.Tensor], module: nn.Module) -> None:
+        if self.absolute_in_files and "bias" in state:
+            state = {"bias_delta": state["bias"].to(module.bias) - module.bias.detach()}
+        self.load_state_dict(state)
 
     def forward(self, x: torch.Tensor, base: BaseCall) -> torch.Tensor:
         result = base(x)

@@ -115,7 +115,9 @@ class MethodConfig:
         raise NotImplementedError(f"{type(self).__name__} must implement build_site()")
 
     def bias_only_sites(self, model: nn.Module, sites: dict[str, nn.Module]) -> dict[str, nn.Module]:
-        """Modules outside `sites` whose bias this method also trains (a `BiasDelta` each, e.g. LoRA's bias="all")."""
+        """Modules outside `sites` whose bias this method also trains, e.g. LoRA's bias="all". The core gives each a
+        `BiasDelta` that files store as Hugging Face PEFT does: the absolute bias under "<path>.bias", the module left
+        out of target_modules."""
         return {}
 
     def build_model_adapter(self, model: nn.Module) -> nn.Module | None:

@@ -38,7 +38,7 @@ class AdaptedModel(nn.Module):
         self.base_model = base_model
         self.model_adapters = nn.ModuleDict()
         self.configs: dict[str, MethodConfig] = {}
-        self._sites: dict[str, dict[str, str]] = {}  # adapter name -> {module path: "method" | "saved"}
+        self._sites: dict[str, dict[str, str]] = {}  # adapter name -> {module path: "method" | "bias" | "saved"}
         self._active: tuple[str, ...] = ()
         self._enabled = True
         self._hook: Any = None
@@ -108,9 +108,12 @@ class AdaptedModel(nn.Module):
         bias_only = config.bias_only_sites(base, sites)
         for path in [*sites, *bias_only]:
             layer = attach.wrap(base, path)
-            site = BiasDelta(layer.base_layer) if path in bias_only else config.build_site(layer.base_layer, path, shared)
+            if path in bias_only:
+                site = BiasDelta(layer.base_layer, absolute_in_files=True)
+            else:
+                site = config.build_site(layer.base_layer, path, shared)
             layer.adapters[adapter_name] = attach.place_like(site, layer.base_layer).train(layer.base_layer.training)
-            placed[path] = "method"
+            placed[path] = "bias" if path in bias_only else "method"
         for path in saved:
             layer = attach.wrap(base, path)
             layer.adapters[adapter_name] = CopySite(layer.base_layer).train(layer.base_layer.training)
@@ -293,7 +296,7 @@ class AdaptedModel(nn.Module):
         lines = []
         for name, config in self.configs.items():
             kinds = self._sites[name]
-            n_method = sum(1 for k in kinds.values() if k == "method")
+            n_method = sum(1 for k in kinds.values() if k in ("method", "bias"))
             saved = [p for p, k in kinds.items() if k == "saved"]
             count = sum(p.numel() for p in self._adapter_parameters(name))
             state = "active" if name in self._active else "inactive"
