@@ -63,16 +63,11 @@ def paired_ratios(result: Result | None, name: str = "step", reference: str = "p
     return [value / ref for value, ref in zip(times[name], times[reference], strict=True)]
 
 
-def paired_ratio(result: Result | None, name: str = "step", reference: str = "paired_floor") -> float:
-    """The median of `paired_ratios`; NaN if there are none."""
-    return median(paired_ratios(result, name, reference))
-
-
 def bootstrap_interval(statistic: Callable[..., float], *samples: Sequence[float], coverage: float = 0.95,
                        resamples: int = 2000, seed: int = 0) -> tuple[float, float]:
     """Percentile bootstrap interval of `statistic(*samples)`, each sample resampled with replacement on its own.
 
-    Seeded, so that a report rendered twice from the same raw results is identical. With few measurements (5 per
+    Seeded, so that a report rendered twice from the same raw results is identical. With few measurements (5-10 per
     process) it is a rough guide to how far a median may move between runs, not an exact confidence interval.
     """
     if any(not sample for sample in samples):
@@ -145,11 +140,10 @@ def training_rows(model: str, configs: Sequence[str], results: Results) -> list[
             result = results.get((model, config, library))
             if result is None:
                 continue
-            step, note = _time(result, "step"), result.get("note", "")
-            if config == "floor" and result["status"] == "ok":
+            step, note, ok = _time(result, "step"), result.get("note", ""), result["status"] == "ok"
+            if config == "floor" and ok:
                 note = "; ".join(filter(None, ["A/A control: × floor is the resolution of that column", note]))
             phases = " / ".join(_num(_time(result, p)) for p in ("forward", "backward", "optimizer"))
-            ok = result["status"] == "ok"
             peak = result["rss_peak_mb"] if ok else math.nan
             hf_peak = hf["rss_peak_mb"] if hf and hf["status"] == "ok" else math.nan
             versus_hf = library == "peftlab"

@@ -36,7 +36,7 @@ class BiasDelta(nn.Module):
         return {"bias_delta": self.bias_delta.detach()}
 
     def import_state(self, state: dict[str, torch.Tensor], module: nn.Module) -> None:
-        if self.absolute_in_files and "bias" in state:
+        if self.absolute_in_files:
             state = {"bias_delta": state["bias"].to(module.bias) - module.bias.detach()}
         self.load_state_dict(state)
 

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import contextlib
 import functools
-from collections.abc import Iterator, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -105,19 +105,17 @@ class AdaptedModel(nn.Module):
         if shared is not None:
             self.model_adapters[adapter_name] = shared.train(base.training)
             self._ensure_hook()
-        bias_only = config.bias_only_sites(base, sites)
-        for path in [*sites, *bias_only]:
-            layer = attach.wrap(base, path)
-            if path in bias_only:
-                site = BiasDelta(layer.base_layer, absolute_in_files=True)
-            else:
-                site = config.build_site(layer.base_layer, path, shared)
-            layer.adapters[adapter_name] = attach.place_like(site, layer.base_layer).train(layer.base_layer.training)
-            placed[path] = "bias" if path in bias_only else "method"
-        for path in saved:
-            layer = attach.wrap(base, path)
-            layer.adapters[adapter_name] = CopySite(layer.base_layer).train(layer.base_layer.training)
-            placed[path] = "saved"
+        builders: list[tuple[str, Sequence[str], Callable[[nn.Module, str], nn.Module]]] = [
+            ("method", list(sites), lambda module, path: config.build_site(module, path, shared)),
+            ("bias", list(config.bias_only_sites(base, sites)),
+             lambda module, path: BiasDelta(module, absolute_in_files=True)),
+            ("saved", saved, lambda module, path: CopySite(module))]
+        for kind, paths, build in builders:
+            for path in paths:
+                layer = attach.wrap(base, path)
+                site = attach.place_like(build(layer.base_layer, path), layer.base_layer)
+                layer.adapters[adapter_name] = site.train(layer.base_layer.training)
+                placed[path] = kind
         self.configs[adapter_name] = config
         self._sites[adapter_name] = placed
         self.set_adapter(self._active or (adapter_name,))

@@ -136,18 +136,19 @@ def _present_modules_to_save(config: MethodConfig, model: torch.nn.Module) -> Me
     return config if present == wanted else config.replace(modules_to_save=present)
 
 
-def _hf_wrapper_duplicate(key: str, model: AdaptedModel, name: str) -> bool:
+def _hf_wrapper_prefixes(model: AdaptedModel, name: str) -> tuple[str, ...]:
     """Hugging Face PEFT's bias="all" also writes the biases inside its wrapper of a saved module
     ("<head>.original_module.bias", "<head>.modules_to_save.bias"): copies of the base's bias and of "<head>.bias",
-    which is what is read."""
-    body = key.removeprefix(model.configs[name].file_prefix)
-    saved = [p for p, kind in model.site_kinds(name).items() if kind == "saved"]
-    return any(body.startswith(f"{path}.{part}.") for path in saved for part in ("original_module", "modules_to_save"))
+    which is what is read. The file-key prefixes of these copies, to be skipped."""
+    prefix = model.configs[name].file_prefix
+    return tuple(f"{prefix}{path}.{part}." for path, kind in model.site_kinds(name).items() if kind == "saved"
+                 for part in ("original_module", "modules_to_save"))
 
 
 def _load_tensors(model: AdaptedModel, name: str, weights_file: Path) -> None:
+    skipped = _hf_wrapper_prefixes(model, name)
     with safe_open(str(weights_file), framework="pt") as handle:
-        file_keys = [k for k in handle.keys() if not _hf_wrapper_duplicate(k, model, name)]
+        file_keys = [k for k in handle.keys() if not k.startswith(skipped)]
         expected = adapter_tensors(model, name)
         for key in file_keys:
             if key not in expected:
