@@ -34,6 +34,24 @@ from peft import LoraConfig, PeftModel, get_peft_model
 TINY = {m.name: m for m in MODELS}
 BERT, GPT2, CONVNET = TINY["bert"], TINY["gpt2"], TINY["convnet"]
 LLAMA = TinyModel("llama", tiny_llama, BERT.inputs)  # same token batch, right-padded second row
+
+
+class Conv1dNet(nn.Module):
+    """A speech-style front end: strided 1-d convolutions over a waveform, then a linear classifier."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.conv1 = nn.Conv1d(1, 6, 5, stride=2, padding=2)
+        self.conv2 = nn.Conv1d(6, 8, 3, padding=1, bias=False)
+        self.fc = nn.Linear(8, 3)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        h = torch.relu(self.conv2(torch.relu(self.conv1(x))))  # (B, 8, L/2)
+        return self.fc(h.mean(dim=2))  # (B, 8) -> (B, 3)
+
+
+CONV1D = TinyModel("conv1d", Conv1dNet,
+                   lambda: {"x": torch.randn(2, 1, 20, generator=torch.Generator().manual_seed(1))})
 ATOL = 1e-5
 
 
@@ -74,6 +92,12 @@ CASES = [
     Case("bert-embedding", BERT, dict(r=4, lora_alpha=8, target_modules=["word_embeddings"]),
          lambda: peftlab.LoRA(r=4, alpha=8, targets=["word_embeddings"], modules_to_save=[], init="random")),
     Case("convnet-conv2d", CONVNET, dict(r=2, lora_alpha=4, target_modules=["conv1", "conv2"]),
+         lambda: peftlab.LoRA(r=2, alpha=4, targets=["conv1", "conv2"], init="random")),
+    Case("convnet-dora-conv2d", CONVNET, dict(r=2, lora_alpha=4, target_modules=["conv1", "conv2"], use_dora=True),
+         lambda: peftlab.DoRA(r=2, alpha=4, targets=["conv1", "conv2"], init="random")),
+    Case("conv1d-dora", CONV1D, dict(r=2, lora_alpha=4, target_modules=["conv1", "conv2"], use_dora=True),
+         lambda: peftlab.DoRA(r=2, alpha=4, targets=["conv1", "conv2"], init="random")),
+    Case("conv1d-lora", CONV1D, dict(r=2, lora_alpha=4, target_modules=["conv1", "conv2"]),
          lambda: peftlab.LoRA(r=2, alpha=4, targets=["conv1", "conv2"], init="random")),
     Case("bert-regex-targets", BERT, dict(r=4, lora_alpha=8, target_modules=REGEX),
          lambda: peftlab.LoRA(r=4, alpha=8, targets=REGEX, modules_to_save=[], init="random")),

@@ -1,9 +1,10 @@
-"""LoRA on a Conv2d subclass that pads its input itself (EfficientNet's TensorFlow-style "same" convolution)."""
+"""LoRA and DoRA on a Conv2d subclass that pads its input itself (EfficientNet's TensorFlow-style "same" convolution)."""
 
 from __future__ import annotations
 
 import math
 
+import pytest
 import torch
 import torch.nn.functional as F
 from torch import nn
@@ -24,11 +25,12 @@ class SamePaddingConv(nn.Conv2d):
         return F.conv2d(self.static_padding(x), self.weight, self.bias, self.stride, 0, self.dilation, self.groups)
 
 
-def test_lora_on_a_padding_conv_subclass_is_exact() -> None:
+@pytest.mark.parametrize("method", [peftlab.LoRA, peftlab.DoRA], ids=["lora", "dora"])
+def test_lora_on_a_padding_conv_subclass_is_exact(method: type[peftlab.LoRA]) -> None:
     torch.manual_seed(0)
     net = nn.Sequential(SamePaddingConv(3, 6, 3, 2, 9), nn.ReLU(), SamePaddingConv(6, 4, 3, 1, 5))
     x = torch.randn(2, 3, 9, 9)
-    model = peftlab.adapt(net, peftlab.LoRA(r=2, targets=["0", "2"], init="random"))
+    model = peftlab.adapt(net, method(r=2, targets=["0", "2"], init="random"))
     with torch.no_grad():
         adapted = model(x)
         model.merge_adapter()

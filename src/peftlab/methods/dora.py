@@ -5,6 +5,8 @@ updated by LoRA. As in the paper (§4.3) and Hugging Face PEFT, the norm is trea
 pass. The forward never builds W': with s = m / ‖W + ΔW‖ (a vector over outputs),
     y = base(x) + (s − 1) ⊙ (W x') + s ⊙ (α/r) B A x'      with x' = dropout(x),
 and W x' reuses the base output (minus its bias) when there is no dropout.
+At a Conv1d/Conv2d (groups = 1) the same holds per output channel: the norm runs over each filter (in_channels ×
+kernel), W x' is the convolution of x' with W, and the magnitude has Hugging Face PEFT's shape (1, C_out, 1[, 1]).
 """
 
 from __future__ import annotations
@@ -22,24 +24,31 @@ from peftlab.core.targets import linear_types, stores_weight_transposed
 from peftlab.core.typology import AttachKind, MethodCard
 from peftlab.kernels.dora_linear import DoRALinearFunction
 from peftlab.kernels.dropout_mask import DropoutMask
-from peftlab.methods.lora import LoRA, LoRALinear
+from peftlab.methods.lora import LoRA, LoRAConv, LoRALinear
 
 
 @register
 @dataclasses.dataclass(frozen=True, kw_only=True)
 class DoRA(LoRA):
-    """DoRA: LoRA's hyperparameters; adds a trainable magnitude per output feature. Linear and Conv1D sites."""
+    """DoRA: LoRA's hyperparameters; adds a trainable magnitude per output feature. Linear, Conv1D, Conv1d/Conv2d
+    sites."""
 
     card: ClassVar[MethodCard] = MethodCard(
-        id="dora", name="DoRA", kind=AttachKind.WEIGHT_DELTA, inserted_at="attention / feed-forward (any linear)",
+        id="dora", name="DoRA", kind=AttachKind.WEIGHT_DELTA,
+        inserted_at="attention / feed-forward (any linear or convolution)",
         form="low-rank + magnitude vector", integration="rescaled addition", param_formula="r·(d_in + d_out) + d_out",
         mergeable=True, paper="Liu et al. 2024")
 
     def supports(self, module: nn.Module) -> bool:
+        if isinstance(module, (nn.Conv1d, nn.Conv2d)):
+            return module.groups == 1
         return isinstance(module, linear_types())
 
     def build_site(self, module: nn.Module, path: str, shared: nn.Module | None) -> nn.Module:
         r, scaling = self.rank_and_scaling(path)
+        if isinstance(module, (nn.Conv1d, nn.Conv2d)):
+            train_bias = self.bias != "none" and module.bias is not None
+            return DoRAConv(module, r, scaling, self.dropout, self.init, train_bias)
         return DoRALinear(module, r, scaling, self.dropout, self.init, stores_weight_transposed(module),
                           self.bias != "none")
 
@@ -104,3 +113,51 @@ class DoRALinear(LoRALinear):
         self._merge_factor = None
         if self.bias_delta is not None:
             module.bias -= self.bias_delta.to(module.bias.dtype)
+
+
+class DoRAConv(LoRAConv):
+    """LoRA conv site plus `lora_magnitude_vector` (1, C_out, 1[, 1]), initialised to each filter's norm."""
+
+    def __init__(self, module: nn.Conv1d | nn.Conv2d, r: int, scaling: float, dropout: float, init: str,
+                 train_bias: bool) -> None:
+        super().__init__(module, r, scaling, dropout, init, train_bias)
+        with torch.no_grad():
+            norm = self.filter_norm(module.weight.to(self.lora_A.weight.dtype))  # (C_out,)
+        self.lora_magnitude_vector = nn.Parameter(norm.view(1, -1, *([1] * (module.weight.dim() - 2))))
+        self._merge_factor: torch.Tensor | None = None
+
+    def filter_norm(self, weight: torch.Tensor) -> torch.Tensor:
+        """‖W + ΔW‖ per output channel, (C_out,), with ΔW detached: W is (C_out, C_in, k[, k])."""
+        return torch.linalg.vector_norm(weight + self.delta_weight().detach(), dim=tuple(range(1, weight.dim())))
+
+    def forward(self, x: torch.Tensor, base: BaseCall) -> torch.Tensor:
+        result = base(x)
+        module = base.module
+        a = self.lora_A.weight
+        weight = module.weight.to(a.dtype)
+        channels = (1, -1, *([1] * (result.dim() - 2)))  # (C_out,) broadcast over (B, C_out, L[, W])
+        scale = self.lora_magnitude_vector.view(channels) / self.filter_norm(weight).detach().view(channels)
+        x = x.to(a.dtype)
+        if isinstance(self.dropout, nn.Identity) or not self.training:
+            plain = result.to(a.dtype)  # W x + b, the base output
+            if module.bias is not None:
+                plain = plain - module.bias.to(a.dtype).view(channels)
+        else:
+            x = self.dropout(x)
+            plain = self.convolve(module, x, weight)
+        update = (scale - 1) * plain + scale * self.low_rank(module, x)
+        if self.bias_delta is not None:
+            update = update + self.bias_delta.view(channels)
+        return result + update.to(result.dtype)
+
+    def merge(self, module: nn.Module) -> None:
+        weight = module.weight
+        norm = self.filter_norm(weight.to(self.lora_A.weight.dtype))  # (C_out,)
+        factor = self.lora_magnitude_vector.flatten() / norm  # (C_out,)
+        factor = factor.view(-1, *([1] * (weight.dim() - 1)))  # broadcast over (C_in, k[, k])
+        self._merge_factor = factor
+        weight.copy_((factor * (weight + self.delta_weight())).to(weight.dtype))
+        if self.bias_delta is not None:
+            module.bias += self.bias_delta.to(module.bias.dtype)
+
+    unmerge = DoRALinear.unmerge

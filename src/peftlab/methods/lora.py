@@ -53,7 +53,8 @@ class LoRA(MethodConfig):
     """
 
     card: ClassVar[MethodCard] = MethodCard(
-        id="lora", name="LoRA", kind=AttachKind.WEIGHT_DELTA, inserted_at="attention / feed-forward (any linear)",
+        id="lora", name="LoRA", kind=AttachKind.WEIGHT_DELTA,
+        inserted_at="attention / feed-forward (any linear, convolution or embedding)",
         form="low-rank", integration="scaled addition", param_formula="r·(d_in + d_out)", mergeable=True,
         paper="Hu et al. 2021")
     default_targets: ClassVar = DEFAULT_LORA_TARGETS
@@ -239,14 +240,21 @@ class LoRAConv(LoRABiasMixin, nn.Module):
     def forward(self, x: torch.Tensor, base: BaseCall) -> torch.Tensor:
         result = base(x)
         x = self.dropout(x.to(self.lora_A.weight.dtype))
-        if self.plain_conv:
-            update = self.lora_B(self.lora_A(x)) * self.scaling
-        else:
-            delta = {"weight": self.delta_weight(), "bias": None}
-            update = torch.func.functional_call(base.module, delta, (x,))
+        update = self.low_rank(base.module, x)
         if self.bias_delta is not None:
             update = update + self.bias_delta.view(-1, *([1] * (update.dim() - 2)))  # (C,) -> (C, 1[, 1])
         return result + update.to(result.dtype)
+
+    def low_rank(self, module: nn.Module, x: torch.Tensor) -> torch.Tensor:
+        """c · B * (A * x): the two small convolutions, or the module's own with ΔW for a subclass."""
+        if self.plain_conv:
+            return self.lora_B(self.lora_A(x)) * self.scaling
+        return self.convolve(module, x, self.delta_weight())
+
+    @staticmethod
+    def convolve(module: nn.Module, x: torch.Tensor, weight: torch.Tensor) -> torch.Tensor:
+        """The module's own convolution of x with `weight` and no bias (a subclass's padding rules included)."""
+        return torch.func.functional_call(module, {"weight": weight, "bias": None}, (x,))
 
     def delta_weight(self) -> torch.Tensor:
         b = self.lora_B.weight.flatten(1)  # (d_out, r, 1[, 1]) -> (d_out, r)
