@@ -18,7 +18,7 @@ import time
 from typing import Any
 
 from benchmarks.jobs import REPO, RESULT_PREFIX
-from benchmarks.report import median
+from benchmarks.stats import median
 
 
 def saved_for_backward_mb(model: Any, batch: dict[str, Any]) -> tuple[float, int]:

@@ -7,23 +7,15 @@ import importlib.metadata
 import math
 import os
 import platform
-import random
-import statistics
-from collections.abc import Callable, Iterable, Sequence
-from typing import Any
+from collections.abc import Sequence
 
 from benchmarks.configs import INFERENCE, title
 from benchmarks.jobs import LIBRARY_NAMES, Job, Settings, libraries_for
 from benchmarks.models import get_preset
+from benchmarks.stats import Result, median, median_estimate, paired_ratios, ratio_cell, versus_estimate
+from benchmarks.targets import target_rows
 
-Result = dict[str, Any]
 Results = dict[tuple[str, str, str], Result]  # (model, config, library) -> result pooled over rounds
-
-
-def median(values: Iterable[float]) -> float:
-    """The median, or NaN for no values."""
-    values = list(values)
-    return statistics.median(values) if values else math.nan
 
 
 def pool(runs: Sequence[tuple[Job, Result]]) -> Results:
@@ -55,51 +47,13 @@ def _time(result: Result | None, name: str) -> float:
     return median(result["times"][name])
 
 
-def paired_ratios(result: Result | None, name: str = "step", reference: str = "paired_floor") -> list[float]:
-    """Every (`name` / the `reference` measured next to it, same process); empty if the result has no such pairs."""
-    if not result or result["status"] != "ok" or reference not in result["times"] or name not in result["times"]:
-        return []
-    times = result["times"]
-    return [value / ref for value, ref in zip(times[name], times[reference], strict=True)]
-
-
-def bootstrap_interval(statistic: Callable[..., float], *samples: Sequence[float], coverage: float = 0.95,
-                       resamples: int = 2000, seed: int = 0) -> tuple[float, float]:
-    """Percentile bootstrap interval of `statistic(*samples)`, each sample resampled with replacement on its own.
-
-    Seeded, so that a report rendered twice from the same raw results is identical. With few measurements (5-10 per
-    process) it is a rough guide to how far a median may move between runs, not an exact confidence interval.
-    """
-    if any(not sample for sample in samples):
-        return math.nan, math.nan
-    rng = random.Random(seed)
-    values = sorted(statistic(*(rng.choices(sample, k=len(sample)) for sample in samples))
-                    for _ in range(resamples))
-    tail = (1 - coverage) / 2
-    return values[round(tail * (resamples - 1))], values[round((1 - tail) * (resamples - 1))]
-
-
-def _ratio_of_medians(numerator: Sequence[float], denominator: Sequence[float]) -> float:
-    return median(numerator) / median(denominator)
-
-
-def _ratio_cell(value: float, interval: tuple[float, float]) -> str:
-    """A ratio with its bootstrap interval: "1.08× (1.03–1.12)"."""
-    low, high = interval
-    if math.isnan(value):
-        return "—"
-    return f"{value:.2f}×" if math.isnan(low) else f"{value:.2f}× ({low:.2f}–{high:.2f})"
-
-
 def _median_cell(ratios: Sequence[float]) -> str:
-    return _ratio_cell(median(ratios), bootstrap_interval(median, ratios))
+    return ratio_cell(*median_estimate(ratios))
 
 
 def _versus_cell(ours: Sequence[float], theirs: Sequence[float]) -> str:
     """Our median paired ratio over theirs, with the interval of that quotient."""
-    if not ours or not theirs:
-        return "—"
-    return _ratio_cell(_ratio_of_medians(ours, theirs), bootstrap_interval(_ratio_of_medians, ours, theirs))
+    return ratio_cell(*versus_estimate(ours, theirs))
 
 
 def _num(value: float, digits: int = 3) -> str:
@@ -235,6 +189,14 @@ def render(models: Sequence[str], configs: Sequence[str], results: Results, sett
              "machine resolves. RSS is the process's "
              "peak resident set (ru_maxrss), after model build + attach and at the end. How and why: "
              "benchmarks/README.md; a per-operator breakdown: `python -m benchmarks.profile_lora`.", ""]
+    targets = target_rows(models, configs, results)
+    if targets:
+        lines += ["## Targets (issue #5), as this run reads them", "",
+                  "Each cell: the ratio, its 95% interval, and **met** / **missed** when the whole interval is on one "
+                  "side of the bound; otherwise the median decides and the cell says how far the interval reaches. "
+                  "The A/A rows are what two identical measurements give: a ratio that close to its bound is decided "
+                  "by the run, not by the code.", ""]
+        lines += _table(("target", "bound", *models), targets) + [""]
     for model in models:
         preset = get_preset(model)
         shape = "2 x 32" if settings.quick else f"{preset.batch_size} x {preset.seq_len}"

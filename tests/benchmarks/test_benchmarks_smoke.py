@@ -46,3 +46,9 @@ def test_quick_run_writes_the_table(tmp_path: Path) -> None:
     assert RATIO_WITH_INTERVAL.match(control[3]), "the A/A control has a paired ratio"
     for library in ("HF PEFT", "peftlab"):
         assert RATIO_WITH_INTERVAL.match(inference[("LoRA merged", library)][3]), f"{library} merged: ratio to base"
+    targets = {r[0]: r for r in _table_rows(report, "| target |")}
+    assert sorted(targets) == sorted(["A/A control, training: floor step × floor step",
+                                      "A/A control, inference: base copy × base", "LoRA q,v: step × floor",
+                                      "inference, LoRA merged: × base", "inference, LoRA unmerged: × base"])
+    verdict = re.compile(r"^\d+\.\d\d× \(\d+\.\d\d–\d+\.\d\d\): \*\*(met|missed|median (met|missed), interval .*)\*\*$")
+    assert verdict.match(targets["LoRA q,v: step × floor"][2]), "a target cell: the ratio, interval and verdict"

@@ -6,7 +6,8 @@ import math
 import random
 import statistics
 
-from benchmarks.report import bootstrap_interval, paired_ratios, training_rows
+from benchmarks.report import training_rows
+from benchmarks.stats import bootstrap_interval, paired_ratios
 
 
 def _ratios(n: int, seed: int) -> list[float]:
