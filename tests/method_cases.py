@@ -17,7 +17,7 @@ CASES: dict[tuple[str, str], Any] = {
     ("lora", "convnet"): {"targets": ["conv1", "conv2"]},
     ("lora", "gpt2"): {"targets": ["c_attn", "c_fc"], "dropout": 0.1, "use_rslora": True},
     ("dora", "mlp"): {"targets": ["fc1", "fc2"]},
-    ("dora", "convnet"): {"targets": ["fc"], "modules_to_save": []},
+    ("dora", "convnet"): {"targets": ["conv1", "conv2", "fc"], "modules_to_save": []},
     ("dora", "bert"): {"targets": "all-linear"},
     ("dora", "gpt2"): {"targets": ["c_attn", "c_fc"]},
     ("full", "gpt2"): {"exclude": ["wte"]},  # tied to lm_head: merging is refused (test_merge_into_tied_weights...)

@@ -129,14 +129,22 @@ def select_modules(model: nn.Module, config: MethodConfig) -> dict[str, nn.Modul
     unsupported = {n: m for n, m in selected.items() if not config.supports(m)}
     if unsupported and not by_type:
         name, module = next(iter(unsupported.items()))
+        suggestions = _supported_names(named, config, name)
+        hint = (f"Name the layers inside it instead, e.g. {suggestions}" if suggestions
+                else f"No module of this model is of a kind {config.card.id} supports.")
         raise TargetError(
-            f"{config.card.id} cannot adapt {name!r} ({type(module).__name__}); "
-            f"{len(unsupported)} matched module(s) are of a type it does not support. "
-            f"Name the layers inside it instead, e.g. {_supported_names(named, config, name)}")
+            f"{config.card.id} cannot adapt {name!r} ({_kind(module)}); "
+            f"{len(unsupported)} matched module(s) are of a kind it does not support. {hint}")
     selected = {n: m for n, m in selected.items() if n not in unsupported}
     if not selected:
         raise TargetError(_nothing_matched(config, targets, named))
     return selected
+
+
+def _kind(module: nn.Module) -> str:
+    """The module's type, with its groups when it is a grouped convolution (which LoRA and DoRA do not adapt)."""
+    groups = getattr(module, "groups", 1)
+    return type(module).__name__ + (f", groups={groups}" if isinstance(groups, int) and groups != 1 else "")
 
 
 def _supported_names(named: list[tuple[str, nn.Module]], config: MethodConfig, prefix: str) -> list[str]:
