@@ -12,10 +12,8 @@ from collections.abc import Sequence
 from benchmarks.configs import INFERENCE, title
 from benchmarks.jobs import LIBRARY_NAMES, Job, Settings, libraries_for
 from benchmarks.models import get_preset
-from benchmarks.stats import Result, median, median_estimate, paired_ratios, ratio_cell, versus_estimate
+from benchmarks.stats import Result, Results, median, median_estimate, paired_ratios, ratio_cell, versus_estimate
 from benchmarks.targets import target_rows
-
-Results = dict[tuple[str, str, str], Result]  # (model, config, library) -> result pooled over rounds
 
 
 def pool(runs: Sequence[tuple[Job, Result]]) -> Results:

@@ -9,6 +9,7 @@ from collections.abc import Callable, Iterable, Sequence
 from typing import Any
 
 Result = dict[str, Any]
+Results = dict[tuple[str, str, str], Result]  # (model, config, library) -> result pooled over rounds
 
 
 def median(values: Iterable[float]) -> float:

@@ -13,9 +13,8 @@ import math
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 
-from benchmarks.stats import Result, median_estimate, paired_ratios, ratio_cell, versus_estimate
+from benchmarks.stats import Results, median_estimate, paired_ratios, ratio_cell, versus_estimate
 
-Results = dict[tuple[str, str, str], Result]
 Estimate = tuple[float, tuple[float, float]]  # (value, (low, high)); NaN interval for a single figure
 NOT_MEASURED: Estimate = (math.nan, (math.nan, math.nan))
 

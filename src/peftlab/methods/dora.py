@@ -96,11 +96,15 @@ class DoRALinear(LoRALinear):
             update = update + self.bias_delta
         return result + update.to(result.dtype)
 
-    def merge(self, module: nn.Module) -> None:
-        weight = module.weight
+    def merge_factor(self, weight: torch.Tensor) -> torch.Tensor:
+        """m / ‖W + ΔW‖ shaped to scale the base weight's output rows (or columns, when stored transposed)."""
         factor = self.lora_magnitude_vector / self.weight_norm(weight.to(self.lora_A.weight.dtype))  # (d_out,)
-        factor = factor.view(1, -1) if self.transposed else factor.view(-1, 1)  # broadcast over d_in
-        self._merge_factor = factor
+        return factor.view(1, -1) if self.transposed else factor.view(-1, 1)  # broadcast over d_in
+
+    def merge(self, module: nn.Module) -> None:
+        """W ← m / ‖W + ΔW‖ · (W + ΔW); the factor is kept so that unmerge restores W exactly."""
+        weight = module.weight
+        factor = self._merge_factor = self.merge_factor(weight)
         weight.copy_((factor * (weight + self.delta_weight())).to(weight.dtype))
         if self.bias_delta is not None:
             module.bias += self.bias_delta.to(module.bias.dtype)
@@ -150,14 +154,10 @@ class DoRAConv(LoRAConv):
             update = update + self.bias_delta.view(channels)
         return result + update.to(result.dtype)
 
-    def merge(self, module: nn.Module) -> None:
-        weight = module.weight
-        norm = self.filter_norm(weight.to(self.lora_A.weight.dtype))  # (C_out,)
-        factor = self.lora_magnitude_vector.flatten() / norm  # (C_out,)
-        factor = factor.view(-1, *([1] * (weight.dim() - 1)))  # broadcast over (C_in, k[, k])
-        self._merge_factor = factor
-        weight.copy_((factor * (weight + self.delta_weight())).to(weight.dtype))
-        if self.bias_delta is not None:
-            module.bias += self.bias_delta.to(module.bias.dtype)
+    def merge_factor(self, weight: torch.Tensor) -> torch.Tensor:
+        """m / ‖W + ΔW‖ per output channel, shaped (C_out, 1, 1[, 1]) to scale the base filters."""
+        factor = self.lora_magnitude_vector.flatten() / self.filter_norm(weight.to(self.lora_A.weight.dtype))
+        return factor.view(-1, *([1] * (weight.dim() - 1)))  # (C_out,) -> broadcast over (C_in, k[, k])
 
+    merge = DoRALinear.merge
     unmerge = DoRALinear.unmerge
