@@ -28,6 +28,25 @@ def test_image_batches_are_three_channel_normalised_squares() -> None:
     assert batch["pixel_values"].shape == (3, 3, 32, 32)
     assert -1.0 <= float(batch["pixel_values"].min()) and float(batch["pixel_values"].max()) <= 1.0
     assert task.fields_for("lora")["modules_to_save"] == ("_fc",) and "targets" in task.fields_for("lora")
+
+
+@pytest.mark.parametrize("method_id", ["lora", "dora"])
+def test_image_task_adapts_efficientnets_pointwise_convolutions(method_id: str) -> None:
+    """LoRA and DoRA take the task's conv targets on EfficientNet-Lite0 (its TensorFlow-style padding subclasses) and
+    start as the identity: the adapted model's output equals the base model's."""
+    import peftlab
+
+    task = build_task(TaskSpec("image", image_size=32, test_size=100, validation_size=50))
+    base = task.build_model().eval()
+    x = torch.randn(2, 3, 32, 32, generator=torch.Generator().manual_seed(0))
+    with torch.no_grad():
+        expected = base(x)
+    model = peftlab.adapt(base, peftlab.config_for(method_id, **task.fields_for(method_id))).eval()
+    kinds = model.site_kinds("default")
+    convs = [p for p, kind in kinds.items() if kind == "method"]
+    assert len(convs) == 32 and all(p.endswith(("_expand_conv", "_project_conv", "_conv_head")) for p in convs)
+    with torch.no_grad():
+        torch.testing.assert_close(model(x), expected, atol=1e-5, rtol=1e-5)
     assert "targets" not in task.fields_for("bitfit")
 
 

@@ -83,10 +83,10 @@ class ImageEncoder:
     """
 
     # Methods whose default targets are transformer module names adapt the CNN's pointwise (1x1) convolutions;
-    # bottleneck adapters sit after each block's projection. DoRA adapts linear layers only, and the input-side and
-    # representation methods need a token sequence: those runs fail with the method's own error, recorded.
+    # bottleneck adapters sit after each block's projection. The input-side and representation methods need a token
+    # sequence: those runs fail with the method's own error, recorded.
     CONV_TARGETS = r"_blocks\.\d+\._(expand|project)_conv|_conv_head"
-    METHOD_TARGETS = {"lora": CONV_TARGETS, "ia3": CONV_TARGETS, "sparse": CONV_TARGETS,
+    METHOD_TARGETS = {"lora": CONV_TARGETS, "dora": CONV_TARGETS, "ia3": CONV_TARGETS, "sparse": CONV_TARGETS,
                       "adapter": r"_blocks\.\d+\._project_conv"}
 
     def __init__(self, model_ref: str, image_size: int) -> None:
