@@ -12,7 +12,16 @@ from collections.abc import Sequence
 from benchmarks.configs import INFERENCE, title
 from benchmarks.jobs import LIBRARY_NAMES, Job, Settings, libraries_for
 from benchmarks.models import get_preset
-from benchmarks.stats import Result, Results, median, median_estimate, paired_ratios, ratio_cell, versus_estimate
+from benchmarks.stats import (
+    Result,
+    Results,
+    median,
+    median_estimate,
+    paired_ratios,
+    peak_ratio,
+    ratio_cell,
+    versus_estimate,
+)
 from benchmarks.targets import target_rows
 
 
@@ -97,14 +106,13 @@ def training_rows(model: str, configs: Sequence[str], results: Results) -> list[
                 note = "; ".join(filter(None, ["A/A control: × floor is the resolution of that column", note]))
             phases = " / ".join(_num(_time(result, p)) for p in ("forward", "backward", "optimizer"))
             peak = result["rss_peak_mb"] if ok else math.nan
-            hf_peak = hf["rss_peak_mb"] if hf and hf["status"] == "ok" else math.nan
             versus_hf = library == "peftlab"
             ratios = paired_ratios(result)
             rows.append((title(config), LIBRARY_NAMES[library], f"{result['trainable']:,}" if ok else "—",
                          _num(step), phases if ok else "—", _median_cell(ratios),
                          _versus_cell(ratios, paired_ratios(hf)) if versus_hf else "",
                          _mb(result.get("rss_build_mb", math.nan)), _mb(peak),
-                         _ratio(peak, hf_peak) if versus_hf else "", note))
+                         ratio_cell(peak_ratio(result, hf), (math.nan, math.nan)) if versus_hf else "", note))
     return rows
 
 

@@ -42,6 +42,13 @@ def bootstrap_interval(statistic: Callable[..., float], *samples: Sequence[float
     return values[round(tail * (resamples - 1))], values[round((1 - tail) * (resamples - 1))]
 
 
+def peak_ratio(ours: Result | None, theirs: Result | None) -> float:
+    """Our peak RSS over theirs; NaN unless both measured."""
+    if not all(r and r["status"] == "ok" for r in (ours, theirs)):
+        return math.nan
+    return ours["rss_peak_mb"] / theirs["rss_peak_mb"]
+
+
 def ratio_of_medians(numerator: Sequence[float], denominator: Sequence[float]) -> float:
     return median(numerator) / median(denominator)
 

@@ -12,72 +12,61 @@ from __future__ import annotations
 import math
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
+from functools import partial
 
-from benchmarks.stats import Results, median_estimate, paired_ratios, ratio_cell, versus_estimate
+from benchmarks.stats import Results, median_estimate, paired_ratios, peak_ratio, ratio_cell, versus_estimate
 
 Estimate = tuple[float, tuple[float, float]]  # (value, (low, high)); NaN interval for a single figure
-NOT_MEASURED: Estimate = (math.nan, (math.nan, math.nan))
+
+
+Measure = Callable[[Results, str, str], Estimate]  # (results, model, configuration) -> estimate
 
 
 @dataclass(frozen=True)
 class Target:
-    """One row: `measure(results, model)` gives the estimate; `bound` None marks a context (A/A) row."""
+    """One row, shown when the run measured `config`; `bound` None marks a context (A/A) row."""
 
     label: str
-    measure: Callable[[Results, str], Estimate]
+    config: str
+    measure: Measure
     bound: float | None
-    configs: tuple[str, ...]  # the run must include these for the row to appear
 
 
-def _floor_ratio(config: str, library: str = "peftlab") -> Callable[[Results, str], Estimate]:
-    def measure(results: Results, model: str) -> Estimate:
-        return median_estimate(paired_ratios(results.get((model, config, library))))
-
-    return measure
+def _versus_floor(results: Results, model: str, config: str, library: str = "peftlab") -> Estimate:
+    return median_estimate(paired_ratios(results.get((model, config, library))))
 
 
-def _versus_hf(config: str) -> Callable[[Results, str], Estimate]:
-    def measure(results: Results, model: str) -> Estimate:
-        return versus_estimate(paired_ratios(results.get((model, config, "peftlab"))),
-                               paired_ratios(results.get((model, config, "hf"))))
-
-    return measure
+def _versus_hf(results: Results, model: str, config: str) -> Estimate:
+    return versus_estimate(paired_ratios(results.get((model, config, "peftlab"))),
+                           paired_ratios(results.get((model, config, "hf"))))
 
 
-def _peak_versus_hf(config: str) -> Callable[[Results, str], Estimate]:
-    def measure(results: Results, model: str) -> Estimate:
-        ours, theirs = results.get((model, config, "peftlab")), results.get((model, config, "hf"))
-        if not all(r and r["status"] == "ok" for r in (ours, theirs)):
-            return NOT_MEASURED
-        return ours["rss_peak_mb"] / theirs["rss_peak_mb"], (math.nan, math.nan)
-
-    return measure
+def _peak_versus_hf(results: Results, model: str, config: str) -> Estimate:
+    return peak_ratio(results.get((model, config, "peftlab")), results.get((model, config, "hf"))), (math.nan, math.nan)
 
 
-def _inference(library: str, name: str, reference: str) -> Callable[[Results, str], Estimate]:
-    def measure(results: Results, model: str) -> Estimate:
-        return median_estimate(paired_ratios(results.get((model, "infer", library)), name, reference))
+def _latency(library: str, name: str, reference: str) -> Measure:
+    def measure(results: Results, model: str, config: str) -> Estimate:
+        return median_estimate(paired_ratios(results.get((model, config, library)), name, reference))
 
     return measure
 
 
 TARGETS: tuple[Target, ...] = (
-    Target("A/A control, training: floor step × floor step", _floor_ratio("floor", "floor"), None, ("floor",)),
-    Target("A/A control, inference: base copy × base", _inference("base", "copy_latency", "latency"), None,
-           ("infer",)),
-    Target("LoRA all linear, dropout 0.05: step × HF PEFT", _versus_hf("lora_all"), 0.85, ("lora_all",)),
-    Target("LoRA all linear, dropout 0.05: peak RSS × HF PEFT", _peak_versus_hf("lora_all"), 0.90, ("lora_all",)),
-    Target("LoRA all linear, dropout 0: step × floor", _floor_ratio("lora_all_nodrop"), 1.10, ("lora_all_nodrop",)),
-    Target("LoRA all linear, dropout 0: step × HF PEFT", _versus_hf("lora_all_nodrop"), 1.00, ("lora_all_nodrop",)),
-    Target("LoRA q,v: step × floor", _floor_ratio("lora_qv"), 1.05, ("lora_qv",)),
-    Target("DoRA q,v: step × HF PEFT", _versus_hf("dora_qv"), 0.80, ("dora_qv",)),
-    Target("DoRA q,v: peak RSS × HF PEFT", _peak_versus_hf("dora_qv"), 1.00, ("dora_qv",)),
-    Target("IA3: peak RSS × HF PEFT", _peak_versus_hf("ia3"), 1.00, ("ia3",)),
-    Target("prompt tuning: peak RSS × HF PEFT", _peak_versus_hf("prompt"), 1.00, ("prompt",)),
-    Target("prefix tuning: peak RSS × HF PEFT", _peak_versus_hf("prefix"), 1.00, ("prefix",)),
-    Target("inference, LoRA merged: × base", _inference("peftlab", "merged_latency", "paired_base_merged"), 1.01,
-           ("infer",)),
-    Target("inference, LoRA unmerged: × base", _inference("peftlab", "latency", "paired_base"), 1.05, ("infer",)),
+    Target("A/A control, training: floor step × floor step", "floor", partial(_versus_floor, library="floor"), None),
+    Target("A/A control, inference: base copy × base", "infer", _latency("base", "copy_latency", "latency"), None),
+    Target("LoRA all linear, dropout 0.05: step × HF PEFT", "lora_all", _versus_hf, 0.85),
+    Target("LoRA all linear, dropout 0.05: peak RSS × HF PEFT", "lora_all", _peak_versus_hf, 0.90),
+    Target("LoRA all linear, dropout 0: step × floor", "lora_all_nodrop", _versus_floor, 1.10),
+    Target("LoRA all linear, dropout 0: step × HF PEFT", "lora_all_nodrop", _versus_hf, 1.00),
+    Target("LoRA q,v: step × floor", "lora_qv", _versus_floor, 1.05),
+    Target("DoRA q,v: step × HF PEFT", "dora_qv", _versus_hf, 0.80),
+    Target("DoRA q,v: peak RSS × HF PEFT", "dora_qv", _peak_versus_hf, 1.00),
+    Target("IA3: peak RSS × HF PEFT", "ia3", _peak_versus_hf, 1.00),
+    Target("prompt tuning: peak RSS × HF PEFT", "prompt", _peak_versus_hf, 1.00),
+    Target("prefix tuning: peak RSS × HF PEFT", "prefix", _peak_versus_hf, 1.00),
+    Target("inference, LoRA merged: × base", "infer", _latency("peftlab", "merged_latency", "paired_base_merged"), 1.01),
+    Target("inference, LoRA unmerged: × base", "infer", _latency("peftlab", "latency", "paired_base"), 1.05),
 )
 
 
@@ -107,8 +96,9 @@ def target_rows(models: Sequence[str], configs: Sequence[str], results: Results)
     """One row per target whose configurations this run measured: label, bound, one cell per model."""
     rows: list[Sequence[object]] = []
     for target in TARGETS:
-        if not all(config in configs for config in target.configs):
+        if target.config not in configs:
             continue
         bound = "resolution" if target.bound is None else f"≤ {target.bound:.2f}"
-        rows.append((target.label, bound, *(cell(target.measure(results, m), target.bound) for m in models)))
+        rows.append((target.label, bound,
+                     *(cell(target.measure(results, m, target.config), target.bound) for m in models)))
     return rows

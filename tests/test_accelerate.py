@@ -87,12 +87,16 @@ def test_accelerate_loop_trains_the_adapter_and_the_unwrapped_model_saves(tmp_pa
                                     peftlab.DoRA(r=4, targets=["query", "value"]), peftlab.IA3()],
                          ids=["lora", "dora", "ia3"])
 def test_accelerate_bf16_autocast_trains_float32_adapter_weights(method: peftlab.MethodConfig) -> None:
-    """mixed_precision="bf16": the forward runs under autocast, the adapter weights and their gradients stay float32
-    and the optimizer moves them."""
+    """mixed_precision="bf16": the forward runs under autocast (a plain Linear of the base computes in bfloat16),
+    the adapter weights stay float32 and the optimizer moves them."""
     model = peftlab.adapt(_base(), method)
     before = {name: p.detach().clone() for name, p in model.named_parameters() if p.requires_grad}
+    dtypes: set[torch.dtype] = set()
+    intermediate = model.base_model.bert.encoder.layer[0].intermediate.dense  # adapted by none of the three
+    intermediate.register_forward_hook(lambda module, args, out: dtypes.add(out.dtype))
     accelerator = accelerate.Accelerator(cpu=True, mixed_precision="bf16")
     losses = _train(accelerator, model, epochs=1)
+    assert dtypes == {torch.bfloat16}
     assert all(torch.isfinite(torch.tensor(losses)))
     after = dict(accelerator.unwrap_model(model).named_parameters())
     for name, old in before.items():

@@ -18,9 +18,10 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from peftlab.core.bias_site import has_bias
 from peftlab.core.layer import BaseCall
 from peftlab.core.registry import register
-from peftlab.core.targets import linear_types, stores_weight_transposed
+from peftlab.core.targets import stores_weight_transposed
 from peftlab.core.typology import AttachKind, MethodCard
 from peftlab.kernels.dora_linear import DoRALinearFunction
 from peftlab.kernels.dropout_mask import DropoutMask
@@ -40,17 +41,14 @@ class DoRA(LoRA):
         mergeable=True, paper="Liu et al. 2024")
 
     def supports(self, module: nn.Module) -> bool:
-        if isinstance(module, (nn.Conv1d, nn.Conv2d)):
-            return module.groups == 1
-        return isinstance(module, linear_types())
+        return super().supports(module) and not isinstance(module, nn.Embedding)  # LoRA's sites but embeddings
 
     def build_site(self, module: nn.Module, path: str, shared: nn.Module | None) -> nn.Module:
         r, scaling = self.rank_and_scaling(path)
+        train_bias = self.bias != "none" and has_bias(module)
         if isinstance(module, (nn.Conv1d, nn.Conv2d)):
-            train_bias = self.bias != "none" and module.bias is not None
             return DoRAConv(module, r, scaling, self.dropout, self.init, train_bias)
-        return DoRALinear(module, r, scaling, self.dropout, self.init, stores_weight_transposed(module),
-                          self.bias != "none")
+        return DoRALinear(module, r, scaling, self.dropout, self.init, stores_weight_transposed(module), train_bias)
 
 
 class DoRALinear(LoRALinear):
@@ -58,7 +56,7 @@ class DoRALinear(LoRALinear):
 
     def __init__(self, module: nn.Module, r: int, scaling: float, dropout: float, init: str, transposed: bool,
                  train_bias: bool) -> None:
-        super().__init__(module, r, scaling, dropout, init, transposed, train_bias and module.bias is not None)
+        super().__init__(module, r, scaling, dropout, init, transposed, train_bias)
         with torch.no_grad():
             norm = self.weight_norm(module.weight.to(self.lora_A.weight.dtype))
         self.lora_magnitude_vector = nn.Parameter(norm)
@@ -126,11 +124,11 @@ class DoRAConv(LoRAConv):
                  train_bias: bool) -> None:
         super().__init__(module, r, scaling, dropout, init, train_bias)
         with torch.no_grad():
-            norm = self.filter_norm(module.weight.to(self.lora_A.weight.dtype))  # (C_out,)
+            norm = self.weight_norm(module.weight.to(self.lora_A.weight.dtype))  # (C_out,)
         self.lora_magnitude_vector = nn.Parameter(norm.view(1, -1, *([1] * (module.weight.dim() - 2))))
         self._merge_factor: torch.Tensor | None = None
 
-    def filter_norm(self, weight: torch.Tensor) -> torch.Tensor:
+    def weight_norm(self, weight: torch.Tensor) -> torch.Tensor:
         """‖W + ΔW‖ per output channel, (C_out,), with ΔW detached: W is (C_out, C_in, k[, k])."""
         return torch.linalg.vector_norm(weight + self.delta_weight().detach(), dim=tuple(range(1, weight.dim())))
 
@@ -140,7 +138,7 @@ class DoRAConv(LoRAConv):
         a = self.lora_A.weight
         weight = module.weight.to(a.dtype)
         channels = (1, -1, *([1] * (result.dim() - 2)))  # (C_out,) broadcast over (B, C_out, L[, W])
-        scale = self.lora_magnitude_vector.view(channels) / self.filter_norm(weight).detach().view(channels)
+        scale = self.lora_magnitude_vector.view(channels) / self.weight_norm(weight).detach().view(channels)
         x = x.to(a.dtype)
         if isinstance(self.dropout, nn.Identity) or not self.training:
             plain = result.to(a.dtype)  # W x + b, the base output
@@ -156,7 +154,7 @@ class DoRAConv(LoRAConv):
 
     def merge_factor(self, weight: torch.Tensor) -> torch.Tensor:
         """m / ‖W + ΔW‖ per output channel, shaped (C_out, 1, 1[, 1]) to scale the base filters."""
-        factor = self.lora_magnitude_vector.flatten() / self.filter_norm(weight.to(self.lora_A.weight.dtype))
+        factor = self.lora_magnitude_vector.flatten() / self.weight_norm(weight.to(self.lora_A.weight.dtype))
         return factor.view(-1, *([1] * (weight.dim() - 1)))  # (C_out,) -> broadcast over (C_in, k[, k])
 
     merge = DoRALinear.merge
