@@ -10,7 +10,7 @@ import platform
 from collections.abc import Sequence
 
 from benchmarks.configs import INFERENCE, title
-from benchmarks.jobs import LIBRARY_NAMES, Job, Settings, libraries_for
+from benchmarks.jobs import ALLOCATORS, LIBRARY_NAMES, Job, Settings, libraries_for
 from benchmarks.models import get_preset
 from benchmarks.stats import (
     Result,
@@ -167,6 +167,17 @@ def machine() -> list[str]:
             f"- {versions}"]
 
 
+def allocator_line(allocator: str) -> str:
+    """The report's bullet on the workers' memory allocator (see jobs.ALLOCATORS)."""
+    if allocator == "system":
+        return "- allocator: system (the C library's defaults: glibc gives freed memory back to the OS)"
+    settings = " ".join(f"{name}={value}" for name, value in ALLOCATORS[allocator].items())
+    libc = platform.libc_ver()[0]
+    effect = ("freed memory stays in the process, as on a GPU with PyTorch's caching allocator" if libc == "glibc"
+              else f"NO EFFECT here: the C library is {libc or 'not glibc'}, which ignores it")
+    return f"- allocator: {allocator} (`{settings}`): {effect}"
+
+
 def _version(distribution: str) -> str:
     try:
         return importlib.metadata.version(distribution)
@@ -182,6 +193,7 @@ def render(models: Sequence[str], configs: Sequence[str], results: Results, sett
              f"- torch threads: {settings.threads}; warmup {settings.warmup}, repeats {settings.repeats} per process, "
              f"{rounds} round(s), each configuration in its own process"
              f"{'; QUICK mode (tiny shapes)' if settings.quick else ''}",
+             allocator_line(settings.allocator),
              f"- load average (1 min) at start / end: {load[0]:.2f} / {load[1]:.2f} (other work on the machine "
              "adds noise; every configuration of a model saw the same conditions, interleaved)",
              f"- command: `{command}`", "",

@@ -19,7 +19,7 @@ import time
 from pathlib import Path
 
 from benchmarks.configs import ALL_CONFIGS, check_configs
-from benchmarks.jobs import Settings, plan, run_job
+from benchmarks.jobs import ALLOCATORS, Settings, plan, run_job
 from benchmarks.models import PRESETS, get_preset
 from benchmarks.report import pool, render
 
@@ -42,6 +42,9 @@ def parse_args(argv: list[str]) -> argparse.Namespace:
                         help="processes per configuration, alternating the order (default 2; quick 1)")
     parser.add_argument("--threads", type=int, default=None,
                         help="torch.set_num_threads in every worker (default 2; quick 1)")
+    parser.add_argument("--allocator", choices=list(ALLOCATORS), default="system",
+                        help="CPU memory allocator settings of every worker: system (the C library's defaults) or "
+                             "retain (freed memory stays in the process; glibc only; see benchmarks/README.md)")
     parser.add_argument("--quick", action="store_true", help="tiny batches (2 x 32) and few repeats: a plumbing check")
     parser.add_argument("--timeout", type=float, default=3600.0, help="seconds allowed per worker process")
     parser.add_argument("--out", type=Path, default=None, help="also write the Markdown report here")
@@ -62,7 +65,7 @@ def main(argv: list[str] | None = None) -> int:
     argv = sys.argv[1:] if argv is None else argv
     args = parse_args(argv)
     settings = Settings(warmup=args.warmup, repeats=args.repeats, threads=args.threads, quick=args.quick,
-                        timeout_s=args.timeout)
+                        timeout_s=args.timeout, allocator=args.allocator)
     jobs = plan(args.models, args.configs, args.rounds)
     load_start = os.getloadavg()[0]
     runs = []
