@@ -170,6 +170,9 @@ def machine() -> list[str]:
 def allocator_line(allocator: str) -> str:
     """The report's bullet on the workers' memory allocator (see jobs.ALLOCATORS)."""
     if allocator == "system":
+        inherited = os.environ.get("GLIBC_TUNABLES")
+        if inherited:  # the workers inherit it: say so rather than claim the defaults
+            return f"- allocator: system, with `GLIBC_TUNABLES={inherited}` from the environment"
         return "- allocator: system (the C library's defaults: glibc gives freed memory back to the OS)"
     settings = " ".join(f"{name}={value}" for name, value in ALLOCATORS[allocator].items())
     libc = platform.libc_ver()[0]

@@ -38,8 +38,11 @@ def test_retain_keeps_tunables_the_user_already_set() -> None:
     assert env["GLIBC_TUNABLES"] == "glibc.malloc.arena_max=2:" + ALLOCATORS["retain"]["GLIBC_TUNABLES"]
 
 
-def test_report_names_the_allocator_and_its_settings() -> None:
-    assert "system" in allocator_line("system")
+def test_report_names_the_allocator_and_its_settings(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.delenv("GLIBC_TUNABLES", raising=False)
+    assert "defaults" in allocator_line("system")
+    monkeypatch.setenv("GLIBC_TUNABLES", "glibc.malloc.arena_max=2")
+    assert "glibc.malloc.arena_max=2" in allocator_line("system"), "tunables the workers inherit are reported"
     line = allocator_line("retain")
     assert ALLOCATORS["retain"]["GLIBC_TUNABLES"] in line
     if platform.libc_ver()[0] != "glibc":
