@@ -75,10 +75,6 @@ def _mb(value: float) -> str:
     return "—" if math.isnan(value) else f"{value:.0f}"
 
 
-def _ratio(value: float, reference: float) -> str:
-    return "—" if math.isnan(value) or math.isnan(reference) or reference == 0 else f"{value / reference:.2f}×"
-
-
 def _row(cells: Sequence[object]) -> str:
     return "| " + " | ".join(str(c) for c in cells) + " |"
 
@@ -112,7 +108,7 @@ def training_rows(model: str, configs: Sequence[str], results: Results) -> list[
                          _num(step), phases if ok else "—", _median_cell(ratios),
                          _versus_cell(ratios, paired_ratios(hf)) if versus_hf else "",
                          _mb(result.get("rss_build_mb", math.nan)), _mb(peak),
-                         ratio_cell(peak_ratio(result, hf), (math.nan, math.nan)) if versus_hf else "", note))
+                         ratio_cell(peak_ratio(result, hf)) if versus_hf else "", note))
     return rows
 
 
@@ -149,7 +145,7 @@ def switching_rows(model: str, results: Results) -> list[Sequence[object]]:
             continue
         load = _time(result, "load")
         rows.append((LIBRARY_NAMES[library], _num(load), _num(_time(result, "load_second")),
-                     _num(_time(result, "switch") * 1000), _ratio(load, _time(hf, "load"))
+                     _num(_time(result, "switch") * 1000), ratio_cell(load / _time(hf, "load"))
                      if library == "peftlab" else "", result.get("note", "")))
     return rows
 

@@ -65,8 +65,8 @@ def versus_estimate(ours: Sequence[float], theirs: Sequence[float]) -> tuple[flo
     return ratio_of_medians(ours, theirs), bootstrap_interval(ratio_of_medians, ours, theirs)
 
 
-def ratio_cell(value: float, interval: tuple[float, float]) -> str:
-    """A ratio with its bootstrap interval: "1.08× (1.03–1.12)"; "—" when not measured."""
+def ratio_cell(value: float, interval: tuple[float, float] = (math.nan, math.nan)) -> str:
+    """A ratio with its bootstrap interval, "1.08× (1.03–1.12)", or alone, "0.91×"; "—" when not measured."""
     low, high = interval
     if math.isnan(value):
         return "—"

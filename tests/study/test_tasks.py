@@ -28,6 +28,7 @@ def test_image_batches_are_three_channel_normalised_squares() -> None:
     assert batch["pixel_values"].shape == (3, 3, 32, 32)
     assert -1.0 <= float(batch["pixel_values"].min()) and float(batch["pixel_values"].max()) <= 1.0
     assert task.fields_for("lora")["modules_to_save"] == ("_fc",) and "targets" in task.fields_for("lora")
+    assert "targets" not in task.fields_for("bitfit")
 
 
 @pytest.mark.parametrize("method_id", ["lora", "dora"])
@@ -47,7 +48,6 @@ def test_image_task_adapts_efficientnets_pointwise_convolutions(method_id: str) 
     assert len(convs) == 32 and all(p.endswith(("_expand_conv", "_project_conv", "_conv_head")) for p in convs)
     with torch.no_grad():
         torch.testing.assert_close(model(x), expected, atol=1e-5, rtol=1e-5)
-    assert "targets" not in task.fields_for("bitfit")
 
 
 def test_causal_lm_batches_mask_the_prompt() -> None:
