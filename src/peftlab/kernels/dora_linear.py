@@ -70,7 +70,7 @@ class DoRALinearFunction(torch.autograd.Function):
             grad_a = g_factor.T @ x2  # (r, d_in)
             grad_x = (g_factor @ lora_a).addmm_(g_z, weight) if ctx.needs_input_grad[0] else None
         else:  # z = keep · W x'; s moves to the small side: ∂z B = g (s ⊙ B), ∂B = c s ⊙ (gᵀ A x')
-            g_factor_t = g2.T @ factor  # (d_out, N) @ (N, r) -> (d_out, r)
+            g_factor_t = (factor.T @ g2).T  # (r, N) @ (N, d_out) -> (r, d_out) -> (d_out, r)
             grad_m = (grad_m.div_(ctx.keep) + ctx.scaling * (g_factor_t * lora_b).sum(1)) / norm  # (d_out,)
             grad_b = g_factor_t.mul_(scale.unsqueeze(1) * ctx.scaling)  # (d_out, r)
             scaled_b = (scale.unsqueeze(1) * lora_b).T.contiguous().T  # (d_out, r) as a transposed view
