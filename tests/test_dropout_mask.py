@@ -118,7 +118,7 @@ def test_dora_kernel_sparse_mask_equals_dense_mask() -> None:
 @pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16])
 def test_dropped_entry_products_match_dense_formulas(dtype: torch.dtype) -> None:
     """The sparse products DoRA's kernel uses: x_d Wᵀ (only the dropped entries of x) and the dropped entries of
-    h W, for both mask forms, against the plain dense formulas; rows without a dropped entry included."""
+    h W written over `out`, for both mask forms, against the plain dense formulas; rows without a dropped entry included."""
     torch.manual_seed(0)
     x, weight, h = torch.randn(37, 20, dtype=dtype), torch.randn(11, 20, dtype=dtype), torch.randn(37, 11, dtype=dtype)
     sparse, dense = _same_mask_both_forms((37, 20), 0.05)
@@ -128,8 +128,8 @@ def test_dropped_entry_products_match_dense_formulas(dtype: torch.dtype) -> None
     for mask in (sparse, dense):
         torch.testing.assert_close(mask.dropped_matmul(x, weight), (x * dropped) @ weight.T, **tolerance)
         out = torch.randn(37, 20, dtype=dtype)
-        expected = out - 0.5 * (h @ weight) * dropped
-        torch.testing.assert_close(mask.sub_dropped_product_(out, h, weight, alpha=0.5), expected, **tolerance)
+        expected = torch.where(dropped, h @ weight, out)
+        torch.testing.assert_close(mask.put_dropped_product_(out, h, weight), expected, **tolerance)
 
 
 def test_scratch_buffers_are_reused_per_width_and_released() -> None:

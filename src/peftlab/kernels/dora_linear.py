@@ -12,10 +12,10 @@ z = W x + c · B A x without dropout, z = W x − W x_d = keep · W x' with it. 
     ∂m = Σ_N (g ⊙ u) / ‖·‖ = (Σ_N g ⊙ z / keep + c · Σ_r (gᵀ A x') ⊙ B) / ‖·‖,
     ∂B = c · s ⊙ (gᵀ A x'),   ∂A = c (g (s ⊙ B))ᵀ x'   (s applied on the small (d_out, r) side),
     ∂x = g W + (m_drop / keep) ⊙ (h W + c g (s ⊙ B) A),   h = g ⊙ (s − 1).
-With m_drop / keep = (1 − d) / keep, d the dropped entries, the two large products fold into one plus a sampled one:
-    ∂x = (g + h / keep) W + (m_drop / keep) ⊙ c g (s ⊙ B) A − d ⊙ (h W) / keep,
-where d ⊙ (h W) needs only the k dropped entries of h W (DropoutMask.sub_dropped_product_). Without dropout,
-∂x = (g ⊙ s) W + c (g ⊙ s) B A: one large product per direction, as for a frozen Linear.
+On a dropped entry (m_drop = 0) x reaches y only through W x, so ∂x = g W there; on a kept one the two large products
+fold into one, ∂x = (g + h / keep) W + c g (s ⊙ B) A / keep. So one large product serves every entry, and the k
+dropped entries are overwritten with their own entries of g W, a sampled product (DropoutMask.put_dropped_product_).
+Without dropout, ∂x = (g ⊙ s) W + c (g ⊙ s) B A: one large product per direction, as for a frozen Linear.
 """
 
 from __future__ import annotations
@@ -78,10 +78,9 @@ class DoRALinearFunction(torch.autograd.Function):
             grad_a = mask.kept_rmatmul(g_factor, x2)  # (r, d_in)
             grad_x = None
             if ctx.needs_input_grad[0]:
-                grad_x = mask.zero_dropped_(g_factor @ lora_a)  # (N, d_in): the low-rank part, masked
+                grad_x = g_factor @ lora_a  # (N, d_in): the low-rank part (its dropped entries are overwritten)
                 grad_x.addmm_(torch.mul(g2, 1.0 + (scale - 1.0) / ctx.keep, out=temporary), weight)  # += (g + h / keep) W
-                h = torch.mul(g2, scale - 1.0, out=temporary)  # (N, d_out)
-                mask.sub_dropped_product_(grad_x, h, weight, alpha=1.0 / ctx.keep)  # − d ⊙ (h W) / keep
+                mask.put_dropped_product_(grad_x, g2, weight)  # dropped entries: g W
         if grad_x is not None:
             grad_x = grad_x.view(*ctx.lead_shape, x2.shape[-1])
         return grad_x, None, None, grad_a, grad_b, grad_m, None, None

@@ -15,8 +15,8 @@ cheapest (`kept_matmul`, `kept_rmatmul`). For a full-size product of the dropped
 the k dropped entries replace a second dense product: with x_d holding only the dropped entries of x,
 x' = (x − x_d) / (1 − p), so
     W x' = (W x − W x_d) / (1 − p)    (`dropped_matmul`: x_d Wᵀ as one weighted embedding bag per row, ≈ p of the work),
-and an input gradient that the mask zeroes needs only the k dropped entries of a product (`sub_dropped_product_`,
-a sampled product, instead of a second dense one). Both sparse products read W by columns, so they run on a
+and an input gradient that differs on the dropped entries needs only the k dropped entries of their own product
+(`put_dropped_product_`, a sampled product written over them, instead of a second dense product). Both sparse products read W by columns, so they run on a
 contiguous copy of Wᵀ, made once per frozen weight and kept (kernels/frozen_transpose.py); sampled_addmm would
 make a fresh one of its own when handed W.
 
@@ -130,15 +130,16 @@ class DropoutMask:
         return F.embedding_bag(cols, frozen_transpose(weight), starts, mode="sum",  # table: (d_in, d_out)
                                per_sample_weights=x2.reshape(-1)[self.positions])
 
-    def sub_dropped_product_(self, out: torch.Tensor, left: torch.Tensor, right: torch.Tensor,
-                             alpha: float = 1.0) -> torch.Tensor:
-        """out −= alpha · (left @ right) on the dropped entries only, in place, for a contiguous (N, d) `out`.
+    def put_dropped_product_(self, out: torch.Tensor, left: torch.Tensor, right: torch.Tensor) -> torch.Tensor:
+        """out = left @ right on the dropped entries only (the kept ones unchanged), in place, for a contiguous
+        (N, d) `out`.
 
         Sparse form: only the k dropped entries of the product are computed (a sampled product, k dot products).
         `right` should be frozen: the copy of its transpose that this form reads is kept while it is unchanged.
         """
         if self.kept is not None:
-            return out.sub_((left @ right).mul_(~self.kept.reshape(out.shape)), alpha=alpha)
+            kept = self.kept.reshape(out.shape)
+            return out.mul_(kept).add_((left @ right).mul_(~kept))
         if out.dtype in (torch.float32, torch.float64):
             starts, cols = self._row_starts(out.shape)
             crow = torch.cat([starts, starts.new_tensor([self.positions.numel()])])  # (N + 1,) CSR row pointers
@@ -151,7 +152,7 @@ class DropoutMask:
                 values = torch.sparse.sampled_addmm(pattern, left, frozen_transpose(right).T, beta=0.0).values()  # (k,)
         else:  # the sampled product has no half-precision CPU kernel
             values = (left @ right).view(-1)[self.positions]
-        out.view(-1).index_add_(0, self.positions, values, alpha=-alpha)
+        out.view(-1).index_copy_(0, self.positions, values)
         return out
 
     def _row_starts(self, shape: torch.Size) -> tuple[torch.Tensor, torch.Tensor]:
