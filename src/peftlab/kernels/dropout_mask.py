@@ -21,9 +21,9 @@ products read W by columns, so each takes a copy of Wᵀ made in a reused buffer
 per call (sampled_addmm makes a fresh one of its own when handed W). DoRA layer 1024 × 1024, 1024 tokens, p = 0.05,
 forward + backward, 60 interleaved rounds: 1.95 × a frozen layer with fresh copies, 1.79 × with the reused buffer
 (no change at widths 384-576, where the copies are small). Keeping one copy per frozen weight across steps would
-save another 5% of a DoRA layer at 1024 × 1024 (3% if refreshed once per step), for one more copy of every adapted
-weight, and a write through `weight.data` would leave it stale unseen (it does not bump the version counter); not
-done.
+save another 5% of a DoRA layer at 1024 × 1024 (3% if refreshed once per step), 1-2% of a training step of the
+benchmark's Llama and MiniLM, for one more copy of every adapted weight; and a write through `weight.data` would
+leave it stale unseen (it does not bump the version counter). Not done.
 
 A dense boolean mask of kept entries is drawn instead on accelerators (random numbers are cheap there, and the
 index work would force a host synchronisation) and for p > SPARSE_MAX_RATE, where the positions stop being few.
@@ -140,8 +140,7 @@ class DropoutMask:
         Sparse form: only the k dropped entries of the product are computed (a sampled product, k dot products).
         """
         if self.kept is not None:
-            kept = self.kept.reshape(out.shape)
-            return out.mul_(kept).add_((left @ right).mul_(~kept))
+            return out.copy_(torch.where(self.kept.reshape(out.shape), out, left @ right))
         if out.dtype in (torch.float32, torch.float64):
             starts, cols = self._row_starts(out.shape)
             crow = torch.cat([starts, starts.new_tensor([self.positions.numel()])])  # (N + 1,) CSR row pointers
