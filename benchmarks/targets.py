@@ -65,7 +65,8 @@ TARGETS: tuple[Target, ...] = (
     Target("IA3: peak RSS × HF PEFT", "ia3", _peak_versus_hf, 1.00),
     Target("prompt tuning: peak RSS × HF PEFT", "prompt", _peak_versus_hf, 1.00),
     Target("prefix tuning: peak RSS × HF PEFT", "prefix", _peak_versus_hf, 1.00),
-    Target("inference, LoRA merged: × base", "infer", _latency("peftlab", "merged_latency", "paired_base_merged"), 1.01),
+    Target("inference, LoRA merged: × base", "infer", _latency("peftlab", "merged_latency", "paired_base_merged"),
+           1.01),
     Target("inference, LoRA unmerged: × base", "infer", _latency("peftlab", "latency", "paired_base"), 1.05),
 )
 

@@ -118,7 +118,8 @@ def test_dora_kernel_sparse_mask_equals_dense_mask() -> None:
 @pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16])
 def test_dropped_entry_products_match_dense_formulas(dtype: torch.dtype) -> None:
     """The sparse products DoRA's kernel uses: x_d Wᵀ (only the dropped entries of x) and the dropped entries of
-    h W written over `out`, for both mask forms, against the plain dense formulas; rows without a dropped entry included."""
+    h W written over `out`, for both mask forms, against the plain dense formulas; rows without a dropped entry
+    included."""
     torch.manual_seed(0)
     x, weight, h = torch.randn(37, 20, dtype=dtype), torch.randn(11, 20, dtype=dtype), torch.randn(37, 11, dtype=dtype)
     sparse, dense = _same_mask_both_forms((37, 20), 0.05)

@@ -102,26 +102,24 @@ def test_fused_dora_dropout_is_the_equation() -> None:
         torch.testing.assert_close(g_got, g_expected)
 
 
-def _dora_step(model: nn.Module, x: torch.Tensor) -> tuple[torch.Tensor, list[torch.Tensor]]:
-    """Output and adapter gradients of one training forward/backward with a fixed dropout mask draw."""
+def _seeded_grads(model: nn.Module, x: torch.Tensor) -> tuple[torch.Tensor, list[torch.Tensor]]:
+    """`_grads` of one training step from zeroed gradients, with the same dropout mask draw at every call."""
     model.train()
     model.zero_grad()
-    torch.manual_seed(7)  # the same dropout mask for every call
-    out = model(x)
-    out.square().sum().backward()
-    return out.detach(), [p.grad.clone() for p in model.parameters() if p.requires_grad]
+    torch.manual_seed(7)
+    return _grads(model, x)
 
 
 def test_dora_dropout_path_follows_a_rewritten_base_weight() -> None:
     """Rewriting the frozen base weight, even through `.data` (which bumps no version counter), must reach DoRA's
     sparse dropout products at once: nothing derived from W may outlive a step. The rewritten model matches a model
-    adapted from the new weights."""
+    adapted from the new weights, in outputs and in input and adapter gradients."""
     torch.manual_seed(0)
     base = nn.Sequential(nn.Linear(48, 40), nn.Tanh(), nn.Linear(40, 24))
     config = peftlab.DoRA(targets=["0", "2"], r=4, dropout=0.1, init="random")
     rewritten = peftlab.adapt(copy.deepcopy(base), config)
     x = torch.randn(16, 48)
-    _dora_step(rewritten, x)  # a step on the old weights first
+    _seeded_grads(rewritten, x)  # a step on the old weights first
     base.load_state_dict({name: torch.randn_like(p) for name, p in base.state_dict().items()})
     reference = peftlab.adapt(base, config)
     with torch.no_grad():
@@ -131,7 +129,7 @@ def test_dora_dropout_path_follows_a_rewritten_base_weight() -> None:
                 p.copy_(trained[name])  # the same adapter parameters
             else:
                 trained[name].data.copy_(p)  # the new base weights, written into the first model
-    got, expected = _dora_step(rewritten, x), _dora_step(reference, x)
+    got, expected = _seeded_grads(rewritten, x), _seeded_grads(reference, x)
     torch.testing.assert_close(got[0], expected[0])
     for g, e in zip(got[1], expected[1], strict=True):
         torch.testing.assert_close(g, e)

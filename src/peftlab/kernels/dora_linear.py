@@ -79,7 +79,8 @@ class DoRALinearFunction(torch.autograd.Function):
             grad_x = None
             if ctx.needs_input_grad[0]:
                 grad_x = g_factor @ lora_a  # (N, d_in): the low-rank part (its dropped entries are overwritten)
-                grad_x.addmm_(torch.mul(g2, 1.0 + (scale - 1.0) / ctx.keep, out=temporary), weight)  # += (g + h / keep) W
+                g_kept = torch.mul(g2, 1.0 + (scale - 1.0) / ctx.keep, out=temporary)  # (N, d_out): g + h / keep
+                grad_x.addmm_(g_kept, weight)  # += (g + h / keep) W
                 mask.put_dropped_product_(grad_x, g2, weight)  # dropped entries: g W
         if grad_x is not None:
             grad_x = grad_x.view(*ctx.lead_shape, x2.shape[-1])
