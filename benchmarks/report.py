@@ -13,6 +13,7 @@ from benchmarks.configs import INFERENCE, title
 from benchmarks.jobs import ALLOCATORS, LIBRARY_NAMES, Job, Settings, libraries_for
 from benchmarks.models import get_preset
 from benchmarks.stats import (
+    Groups,
     Result,
     Results,
     median,
@@ -26,8 +27,9 @@ from benchmarks.targets import target_rows
 
 
 def pool(runs: Sequence[tuple[Job, Result]]) -> Results:
-    """Pool the rounds of each (model, config, library): timings concatenate, RSS takes the median, the first
-    failure's note is kept (a configuration counts as measured when any round succeeded)."""
+    """Pool the rounds of each (model, config, library): timings concatenate (each round's are also kept apart,
+    under "rounds", for the intervals), RSS takes the median, the first failure's note is kept (a configuration
+    counts as measured when any round succeeded)."""
     grouped: dict[tuple[str, str, str], list[Result]] = {}
     for job, result in runs:
         grouped.setdefault(job.key, []).append(result)
@@ -41,7 +43,8 @@ def pool(runs: Sequence[tuple[Job, Result]]) -> Results:
         for r in ok:
             for name, values in r["times"].items():
                 times.setdefault(name, []).extend(values)
-        pooled[key] = {"status": "ok", "times": times, "trainable": ok[0]["trainable"], "total": ok[0]["total"],
+        pooled[key] = {"status": "ok", "times": times, "rounds": [r["times"] for r in ok],
+                       "trainable": ok[0]["trainable"], "total": ok[0]["total"],
                        "rss_build_mb": median(r.get("rss_build_mb", math.nan) for r in ok),
                        "rss_peak_mb": median(r["rss_peak_mb"] for r in ok),
                        "note": "; ".join(r["note"] for r in results if r["status"] != "ok")}
@@ -54,11 +57,11 @@ def _time(result: Result | None, name: str) -> float:
     return median(result["times"][name])
 
 
-def _median_cell(ratios: Sequence[float]) -> str:
+def _median_cell(ratios: Groups) -> str:
     return ratio_cell(*median_estimate(ratios))
 
 
-def _versus_cell(ours: Sequence[float], theirs: Sequence[float]) -> str:
+def _versus_cell(ours: Groups, theirs: Groups) -> str:
     """Our median paired ratio over theirs, with the interval of that quotient."""
     return ratio_cell(*versus_estimate(ours, theirs))
 
@@ -201,7 +204,8 @@ def render(models: Sequence[str], configs: Sequence[str], results: Results, sett
              "is paired with a floor step of the same weights run just before it in the same process (the method "
              "switched off): × floor is the median of these paired ratios, and × HF PEFT divides peftlab's by HF "
              "PEFT's, so load that drifts over minutes cancels out. In brackets: a 95% bootstrap interval of each "
-             "ratio (resampling the measured pairs), a guide to how far it may move between runs. The floor row's "
+             "ratio (resampling the worker processes, then the pairs within each), a guide to how far it may move "
+             "between runs; with one round it misses what differs from process to process. The floor row's "
              "× floor pairs two floor steps the same way (an A/A control): its distance from 1.00× is what this "
              "machine resolves. RSS is the process's "
              "peak resident set (ru_maxrss), after model build + attach and at the end. How and why: "

@@ -10,6 +10,7 @@ from typing import Any
 
 Result = dict[str, Any]
 Results = dict[tuple[str, str, str], Result]  # (model, config, library) -> result pooled over rounds
+Groups = list[list[float]]  # measurements grouped by the worker process (round) that made them
 
 
 def median(values: Iterable[float]) -> float:
@@ -18,26 +19,43 @@ def median(values: Iterable[float]) -> float:
     return statistics.median(values) if values else math.nan
 
 
-def paired_ratios(result: Result | None, name: str = "step", reference: str = "paired_floor") -> list[float]:
-    """Every (`name` / the `reference` measured next to it, same process); empty if the result has no such pairs."""
+def paired_ratios(result: Result | None, name: str = "step", reference: str = "paired_floor") -> Groups:
+    """Every (`name` / the `reference` measured next to it, same process), one list per worker process (round);
+    empty if the result has no such pairs."""
     if not result or result["status"] != "ok" or reference not in result["times"] or name not in result["times"]:
         return []
-    times = result["times"]
-    return [value / ref for value, ref in zip(times[name], times[reference], strict=True)]
+    return [[value / ref for value, ref in zip(times[name], times[reference], strict=True)]
+            for times in result.get("rounds", [result["times"]])]
 
 
-def bootstrap_interval(statistic: Callable[..., float], *samples: Sequence[float], coverage: float = 0.95,
+def flat(groups: Groups) -> list[float]:
+    """All measurements of every group, in one list."""
+    return [value for group in groups for value in group]
+
+
+def bootstrap_interval(statistic: Callable[..., float], *samples: Groups, coverage: float = 0.95,
                        resamples: int = 2000, seed: int = 0) -> tuple[float, float]:
-    """Percentile bootstrap interval of `statistic(*samples)`, each sample resampled with replacement on its own.
+    """Percentile bootstrap interval of `statistic(*flat samples)`, each sample resampled on its own, in two stages:
+    its groups (worker processes) with replacement, then the measurements within each drawn group.
 
+    Two stages because a process's ratios share that process's conditions (where its memory landed, the allocator's
+    state, the machine's load while it ran), so they move together: the same code measured 1.02× and 1.14× the
+    floor in two processes, while its pairs within one varied by a few percent. Resampling the pairs alone would
+    treat ten pairs from one process as ten independent runs. With one process per configuration the first stage
+    has nothing to draw from, and the interval covers step-to-step variation only.
     Seeded, so that a report rendered twice from the same raw results is identical. With few measurements (5-10 per
-    process) it is a rough guide to how far a median may move between runs, not an exact confidence interval.
+    process, 1-3 processes) it is a rough guide to how far a median may move between runs, not an exact confidence
+    interval.
     """
+    samples = tuple([group for group in sample if group] for sample in samples)
     if any(not sample for sample in samples):
         return math.nan, math.nan
     rng = random.Random(seed)
-    values = sorted(statistic(*(rng.choices(sample, k=len(sample)) for sample in samples))
-                    for _ in range(resamples))
+
+    def resample(groups: Groups) -> list[float]:
+        return flat(rng.choices(group, k=len(group)) for group in rng.choices(groups, k=len(groups)))
+
+    values = sorted(statistic(*(resample(sample) for sample in samples)) for _ in range(resamples))
     tail = (1 - coverage) / 2
     return values[round(tail * (resamples - 1))], values[round((1 - tail) * (resamples - 1))]
 
@@ -53,16 +71,16 @@ def ratio_of_medians(numerator: Sequence[float], denominator: Sequence[float]) -
     return median(numerator) / median(denominator)
 
 
-def median_estimate(ratios: Sequence[float]) -> tuple[float, tuple[float, float]]:
-    """The median of paired ratios and its bootstrap interval."""
-    return median(ratios), bootstrap_interval(median, ratios)
+def median_estimate(ratios: Groups) -> tuple[float, tuple[float, float]]:
+    """The median of paired ratios (all processes together) and its bootstrap interval."""
+    return median(flat(ratios)), bootstrap_interval(median, ratios)
 
 
-def versus_estimate(ours: Sequence[float], theirs: Sequence[float]) -> tuple[float, tuple[float, float]]:
+def versus_estimate(ours: Groups, theirs: Groups) -> tuple[float, tuple[float, float]]:
     """Our median paired ratio over theirs, and the interval of that quotient (each side resampled on its own)."""
-    if not ours or not theirs:
+    if not flat(ours) or not flat(theirs):
         return math.nan, (math.nan, math.nan)
-    return ratio_of_medians(ours, theirs), bootstrap_interval(ratio_of_medians, ours, theirs)
+    return ratio_of_medians(flat(ours), flat(theirs)), bootstrap_interval(ratio_of_medians, ours, theirs)
 
 
 def ratio_cell(value: float, interval: tuple[float, float] = (math.nan, math.nan)) -> str:
