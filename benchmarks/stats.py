@@ -39,9 +39,10 @@ def bootstrap_interval(statistic: Callable[..., float], *samples: Groups, covera
     its groups (worker processes) with replacement, then the measurements within each drawn group.
 
     Two stages because a process's ratios share that process's conditions (where its memory landed, the allocator's
-    state, the machine's load while it ran), so they move together: the same code measured 1.02× and 1.14× the
-    floor in two processes, while its pairs within one varied by a few percent. Resampling the pairs alone would
-    treat ten pairs from one process as ten independent runs. With one process per configuration the first stage
+    state, the machine's load while it ran), so they move together: LoRA on every linear layer of the benchmark's
+    Llama measured 1.10-1.21× the floor over the ten pairs of one process and 1.03-1.11× over those of the next
+    (run N in BENCHMARKS.md). Resampling the pairs alone would treat ten pairs of one process as ten independent
+    runs. With one process per configuration the first stage
     has nothing to draw from, and the interval covers step-to-step variation only.
     Seeded, so that a report rendered twice from the same raw results is identical. With few measurements (5-10 per
     process, 1-3 processes) it is a rough guide to how far a median may move between runs, not an exact confidence
