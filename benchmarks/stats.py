@@ -28,7 +28,7 @@ def paired_ratios(result: Result | None, name: str = "step", reference: str = "p
             for times in result.get("rounds", [result["times"]])]
 
 
-def flat(groups: Groups) -> list[float]:
+def flat(groups: Iterable[Sequence[float]]) -> list[float]:
     """All measurements of every group, in one list."""
     return [value for group in groups for value in group]
 
@@ -42,8 +42,8 @@ def bootstrap_interval(statistic: Callable[..., float], *samples: Groups, covera
     state, the machine's load while it ran), so they move together: LoRA on every linear layer of the benchmark's
     Llama measured 1.10-1.21× the floor over the ten pairs of one process and 1.03-1.11× over those of the next
     (run N in BENCHMARKS.md). Resampling the pairs alone would treat ten pairs of one process as ten independent
-    runs. With one process per configuration the first stage
-    has nothing to draw from, and the interval covers step-to-step variation only.
+    runs. With one process per configuration the first stage has nothing to draw from, and the interval covers
+    step-to-step variation only.
     Seeded, so that a report rendered twice from the same raw results is identical. With few measurements (5-10 per
     process, 1-3 processes) it is a rough guide to how far a median may move between runs, not an exact confidence
     interval.
