@@ -79,9 +79,10 @@ def median_estimate(ratios: Groups) -> tuple[float, tuple[float, float]]:
 
 def versus_estimate(ours: Groups, theirs: Groups) -> tuple[float, tuple[float, float]]:
     """Our median paired ratio over theirs, and the interval of that quotient (each side resampled on its own)."""
-    if not flat(ours) or not flat(theirs):
+    all_ours, all_theirs = flat(ours), flat(theirs)
+    if not all_ours or not all_theirs:
         return math.nan, (math.nan, math.nan)
-    return ratio_of_medians(flat(ours), flat(theirs)), bootstrap_interval(ratio_of_medians, ours, theirs)
+    return ratio_of_medians(all_ours, all_theirs), bootstrap_interval(ratio_of_medians, ours, theirs)
 
 
 def ratio_cell(value: float, interval: tuple[float, float] = (math.nan, math.nan)) -> str:
