@@ -35,6 +35,10 @@ def test_config_round_trips_through_json() -> None:
         peftlab.MethodConfig.from_dict({"method": "lora", "rank": 4})
     with pytest.raises(peftlab.ConfigError, match="did you mean lora"):
         peftlab.config_for("lorra")
+    # config_for is how command lines build configs from names: an unknown field is a ConfigError, with the closest
+    # valid names, not Python's TypeError from the constructor
+    with pytest.raises(peftlab.ConfigError, match=r"unknown field\(s\) 'alpah' \(did you mean 'alpha'\?\), 'rnk'"):
+        peftlab.config_for("lora", rnk=4, alpah=8)
 
 
 @pytest.mark.parametrize("name", ["my adapter", "1st", "a-b", "", "x.y"])

@@ -35,6 +35,13 @@ def test_bad_method_options_fail_before_anything_runs() -> None:
         resolve_methods(["lora", "lora"], {})
     with pytest.raises(StudyError, match="method=value"):
         parse_lr_overrides(["lora=fast"])
+    # the method id, its field names and their values are checked when the study is planned, not in its runs
+    with pytest.raises(StudyError, match="'lorra': unknown method 'lorra'; did you mean lora"):
+        parse_method("lorra")
+    with pytest.raises(StudyError, match=r"'lora:rr=16': unknown field\(s\) 'rr' \(did you mean 'r'\?\)"):
+        parse_method("lora:rr=16")
+    with pytest.raises(StudyError, match="dropout=2 is out of range"):
+        parse_method("lora:dropout=2")
 
 
 def test_budgets() -> None:

@@ -5,7 +5,12 @@ from __future__ import annotations
 import time
 from pathlib import Path
 
+import pytest
+
+from peftlab.study.errors import StudyError
 from tests.study.conftest import MINI, read_results, run_cli
+
+NO_TARGET = "lora:targets=nomatch"  # a valid config whose targets match no module: fails when it is attached
 
 
 def test_mini_study_resume_and_failures(tmp_path: Path) -> None:
@@ -40,14 +45,19 @@ def test_mini_study_resume_and_failures(tmp_path: Path) -> None:
     assert run_cli("compare", *MINI, "--methods", "full,lora", "--out", str(out)) == 0
     assert len(read_results(out)) == 2 and time.perf_counter() - start < 15
 
-    # failures are recorded with their reason and the study goes on: an unknown method id, and a learning rate
-    # so large that the loss becomes NaN; the finished runs are still skipped.
-    assert run_cli("compare", *MINI, "--methods", "full,nosuchmethod,lora,bitfit", "--lr", "bitfit=1e30",
+    # a typo in --methods stops the study before any run starts
+    with pytest.raises(StudyError, match="--methods 'nosuchmethod': unknown method"):
+        run_cli("compare", *MINI, "--methods", "full,nosuchmethod", "--out", str(out))
+    assert len(read_results(out)) == 2
+
+    # failures are recorded with their reason and the study goes on: targets that match no module of the model,
+    # and a learning rate so large that the loss becomes NaN; the finished runs are still skipped.
+    assert run_cli("compare", *MINI, "--methods", f"full,{NO_TARGET},lora,bitfit", "--lr", "bitfit=1e30",
                    "--out", str(out)) == 0
     records = {r["method"]: r for r in read_results(out)}
     assert len(read_results(out)) == 4
-    assert records["nosuchmethod"]["status"] == "failed" and "nosuchmethod" in records["nosuchmethod"]["error"]
-    assert records["nosuchmethod"]["failed_phase"] == "adapt"
+    assert records[NO_TARGET]["status"] == "failed" and "nomatch" in records[NO_TARGET]["error"]
+    assert records[NO_TARGET]["failed_phase"] == "adapt"
     assert records["bitfit"]["status"] == "failed" and "non-finite" in records["bitfit"]["error"]
     assert records["bitfit"]["failed_phase"] == "train"
 
@@ -55,4 +65,4 @@ def test_mini_study_resume_and_failures(tmp_path: Path) -> None:
     (out / "report.md").unlink()
     assert run_cli("report", str(out), "--budget", "params=1k") == 0
     md = (out / "report.md").read_text()
-    assert "## Failed runs" in md and "non-finite" in md and "| nosuchmethod |" in md
+    assert "## Failed runs" in md and "non-finite" in md and f"| {NO_TARGET} |" in md

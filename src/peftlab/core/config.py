@@ -7,8 +7,9 @@ A method file subclasses `MethodConfig`, adds its hyperparameters, sets `card`, 
 from __future__ import annotations
 
 import dataclasses
+import difflib
 import re
-from collections.abc import Mapping, Sequence
+from collections.abc import Iterable, Mapping, Sequence
 from typing import Any, ClassVar
 
 from torch import nn
@@ -152,11 +153,21 @@ class MethodConfig:
         target = get_method(method_id) if method_id is not None else cls
         if cls is not MethodConfig and target is not cls and not issubclass(target, cls):
             raise ConfigError(f"config is for method {method_id!r}, not {cls.card.id!r}")
-        names = {f.name for f in dataclasses.fields(target)}
-        unknown = sorted(set(data) - names)
-        if unknown:
-            raise ConfigError(f"unknown field(s) {unknown} for method {target.card.id!r}; valid: {sorted(names)}")
+        target.check_field_names(data)
         return target(**data)
+
+    @classmethod
+    def check_field_names(cls, names: Iterable[str]) -> None:
+        """ConfigError naming each unknown field, its closest valid names, and every valid one."""
+        valid = sorted(f.name for f in dataclasses.fields(cls))
+        unknown = sorted(set(names) - set(valid))
+        if not unknown:
+            return
+        hints = []
+        for name in unknown:
+            close = difflib.get_close_matches(name, valid, n=2)
+            hints.append(f"{name!r} (did you mean {' or '.join(map(repr, close))}?)" if close else repr(name))
+        raise ConfigError(f"unknown field(s) {', '.join(hints)} for method {cls.card.id!r}; valid: {valid}")
 
     # --- adapter_config.json ------------------------------------------------------------------------------------
     # Methods Hugging Face PEFT also has override these two to write and read its fields; others use this layout:

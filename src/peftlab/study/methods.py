@@ -1,7 +1,8 @@
 """The study's method list: study names ("adapter-tiny", "sparse-40", "lora:r=16") -> registry id + fields + LR.
 
 A study name is either one of `SURVEY_METHODS` or `<method id>[:field=value[:field=value...]]` for any registered
-method. Configs are built in the worker, so a method that is not (yet) registered fails only its own runs.
+method. The method id and its fields are checked when the study is planned, so a typo stops the study before any run
+starts; each run builds its config again in its worker, with the task's fields (e.g. a CNN's head) added.
 """
 
 from __future__ import annotations
@@ -83,9 +84,20 @@ def parse_method(name: str, lr_overrides: Mapping[str, float] | None = None) -> 
                 raise StudyError(f"method {name!r}: expected field=value after ':', got {item!r} "
                                  "(e.g. lora:r=16:alpha=32)")
             fields[key] = parse_value(value)
+    _check_config(name, method_id, fields)
     overrides = lr_overrides or {}
     lr = overrides.get(name, overrides.get(method_id, DEFAULT_LR.get(method_id, FALLBACK_LR)))
     return StudyMethod(label=name, method_id=method_id, fields=dict(fields), lr=float(lr))
+
+
+def _check_config(name: str, method_id: str, fields: Mapping[str, Any]) -> None:
+    """StudyError naming the --methods entry when its method id or fields do not make a valid config."""
+    import peftlab
+
+    try:
+        peftlab.config_for(method_id, **fields)
+    except peftlab.ConfigError as err:
+        raise StudyError(f"--methods {name!r}: {err}") from None
 
 
 def parse_lr_overrides(items: list[str]) -> dict[str, float]:
