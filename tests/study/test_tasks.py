@@ -65,3 +65,23 @@ def test_causal_lm_batches_mask_the_prompt() -> None:
 def test_unknown_task_names_the_choices() -> None:
     with pytest.raises(StudyError, match="sentiment, topic, image, dialogue, arithmetic"):
         build_task(TaskSpec("glue"))
+
+
+@pytest.mark.parametrize("method_id", ["full", "bitfit", "lora"])
+def test_image_training_keeps_the_batch_norm_statistics(method_id: str) -> None:
+    """Every method trains the CNN with its ImageNet batch-norm statistics, also full fine-tuning, where the
+    batch-norm layers' own scale and shift train (BitFit's bias deltas and LoRA sit beside a frozen layer): statistics re-estimated from batches of 16 left full fine-tuning at 38% test
+    accuracy on digits, against 95.5% with them kept."""
+    import peftlab
+
+    task = build_task(TaskSpec("image", image_size=32, test_size=100, validation_size=50))
+    model = peftlab.adapt(task.build_model(), peftlab.config_for(method_id, **task.fields_for(method_id)))
+    norms = [m for m in model.modules() if isinstance(m, torch.nn.modules.batchnorm._BatchNorm)]
+    trained = any(p.requires_grad for m in norms for p in m.parameters())
+    assert norms and trained == (method_id == "full")
+    before = [(m.running_mean.clone(), m.running_var.clone()) for m in norms]
+    task.train_mode(model)
+    assert model.training and not any(m.training for m in norms)
+    task.loss(model, task.collate(task.splits().train[:4])).backward()
+    for m, (mean, var) in zip(norms, before):
+        assert torch.equal(m.running_mean, mean) and torch.equal(m.running_var, var)

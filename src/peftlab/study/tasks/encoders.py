@@ -78,8 +78,11 @@ class TextEncoder:
 class ImageEncoder:
     """EfficientNet-Lite0 on grey images upsampled to `image_size`, 3 channels, normalised as (x - 0.5) / 0.5.
 
-    Batch-norm layers whose parameters are frozen keep their ImageNet running statistics during training, so that
-    a frozen-base method really leaves the base model unchanged.
+    Every batch-norm layer normalises with its ImageNet running statistics during training too (eval mode), for
+    every method; the layer's own scale and shift still train when the method trains them (full fine-tuning).
+    So a frozen-base method leaves the base model unchanged, and no method re-estimates the statistics from
+    batches of 16: with that, full fine-tuning reached a training loss of 0.63 but only 31% validation and 38% test
+    accuracy on digits (body lr 1e-4, head 5e-3), against 95.5% test with the statistics kept (lr 1e-4 throughout).
     """
 
     # Methods whose default targets are transformer module names adapt the CNN's pointwise (1x1) convolutions;
@@ -126,5 +129,4 @@ class ImageEncoder:
         model.train()
         for module in model.modules():
             if isinstance(module, nn.modules.batchnorm._BatchNorm):
-                if not any(p.requires_grad for p in module.parameters(recurse=False)):
-                    module.eval()
+                module.eval()  # normalise with the running statistics; scale and shift train as the method says
