@@ -7,6 +7,7 @@ import gc
 import tempfile
 import time
 from collections.abc import Callable
+from functools import partial
 from pathlib import Path
 from typing import Any
 
@@ -87,12 +88,12 @@ def _load_and_switch(library: str, pristine: nn.Module, first: Path, second: Pat
     for _ in range(repeats):
         gc.collect()  # the previous repeat's models
         base = copy.deepcopy(pristine)
-        seconds, adapted = _timed(lambda: libraries.load(library, base, first))
+        seconds, adapted = _timed(partial(libraries.load, library, base, first))
         results["load"].append(seconds)
-        results["load_second"].append(_timed(lambda: libraries.load_second(library, adapted, second, "other"))[0])
+        results["load_second"].append(_timed(partial(libraries.load_second, library, adapted, second, "other"))[0])
         for i in range(SWITCHES_PER_REPEAT):
             name = "other" if i % 2 == 0 else "default"
-            results["switch"].append(_timed(lambda: adapted.set_adapter(name))[0])
+            results["switch"].append(_timed(partial(adapted.set_adapter, name))[0])
     return results
 
 

@@ -93,7 +93,7 @@ def run_job(job: Job, settings: Settings) -> dict[str, Any]:
            **allocator_env(settings.allocator, os.environ)}
     try:
         proc = subprocess.run([sys.executable, "-m", "benchmarks.worker", payload], cwd=REPO, env=env,
-                              capture_output=True, text=True, timeout=settings.timeout_s)
+                              capture_output=True, text=True, timeout=settings.timeout_s, check=False)
     except subprocess.TimeoutExpired:
         return {"status": "error", "note": f"timed out after {settings.timeout_s:.0f} s"}
     for line in reversed(proc.stdout.splitlines()):

@@ -192,31 +192,31 @@ def render(models: Sequence[str], configs: Sequence[str], results: Results, sett
     """The whole Markdown report; `load` is the 1-minute load average at the start and at the end of the run."""
     lines = ["# Benchmarks: peftlab vs Hugging Face PEFT", "",
              f"Measured {datetime.datetime.now().strftime('%Y-%m-%d %H:%M')}.", *machine(),
-             f"- torch threads: {settings.threads}; warmup {settings.warmup}, repeats {settings.repeats} per process, "
-             f"{rounds} round(s), each configuration in its own process"
-             f"{'; QUICK mode (tiny shapes)' if settings.quick else ''}",
+             (f"- torch threads: {settings.threads}; warmup {settings.warmup}, repeats {settings.repeats} per process, "
+              f"{rounds} round(s), each configuration in its own process"
+              f"{'; QUICK mode (tiny shapes)' if settings.quick else ''}"),
              allocator_line(settings.allocator),
-             f"- load average (1 min) at start / end: {load[0]:.2f} / {load[1]:.2f} (other work on the machine "
-             "adds noise; every configuration of a model saw the same conditions, interleaved)",
+             (f"- load average (1 min) at start / end: {load[0]:.2f} / {load[1]:.2f} (other work on the machine "
+              "adds noise; every configuration of a model saw the same conditions, interleaved)"),
              f"- command: `{command}`", "",
-             "Times are medians over all measured steps; a step is forward + backward + AdamW step (the floor has no "
-             "optimizer: forward + backward to the input embeddings only, all weights frozen). Every training step "
-             "is paired with a floor step of the same weights run just before it in the same process (the method "
-             "switched off): × floor is the median of these paired ratios, and × HF PEFT divides peftlab's by HF "
-             "PEFT's, so load that drifts over minutes cancels out. In brackets: a 95% bootstrap interval of each "
-             "ratio (resampling the worker processes, then the pairs within each), a guide to how far it may move "
-             "between runs; with one round it misses what differs from process to process. The floor row's "
-             "× floor pairs two floor steps the same way (an A/A control): its distance from 1.00× is what this "
-             "machine resolves. RSS is the process's "
-             "peak resident set (ru_maxrss), after model build + attach and at the end. How and why: "
-             "benchmarks/README.md; a per-operator breakdown: `python -m benchmarks.profile_lora`.", ""]
+             ("Times are medians over all measured steps; a step is forward + backward + AdamW step (the floor has no "
+              "optimizer: forward + backward to the input embeddings only, all weights frozen). Every training step "
+              "is paired with a floor step of the same weights run just before it in the same process (the method "
+              "switched off): × floor is the median of these paired ratios, and × HF PEFT divides peftlab's by HF "
+              "PEFT's, so load that drifts over minutes cancels out. In brackets: a 95% bootstrap interval of each "
+              "ratio (resampling the worker processes, then the pairs within each), a guide to how far it may move "
+              "between runs; with one round it misses what differs from process to process. The floor row's "
+              "× floor pairs two floor steps the same way (an A/A control): its distance from 1.00× is what this "
+              "machine resolves. RSS is the process's "
+              "peak resident set (ru_maxrss), after model build + attach and at the end. How and why: "
+              "benchmarks/README.md; a per-operator breakdown: `python -m benchmarks.profile_lora`."), ""]
     targets = target_rows(models, configs, results)
     if targets:
         lines += ["## Targets (issue #5), as this run reads them", "",
-                  "Each cell: the ratio, its 95% interval, and **met** / **missed** when the whole interval is on one "
-                  "side of the bound; otherwise the median decides and the cell says how far the interval reaches. "
-                  "The A/A rows are what two identical measurements give: a ratio that close to its bound is decided "
-                  "by the run, not by the code.", ""]
+                  ("Each cell: the ratio, its 95% interval, and **met** / **missed** when the whole interval is on one "
+                   "side of the bound; otherwise the median decides and the cell says how far the interval reaches. "
+                   "The A/A rows are what two identical measurements give: a ratio that close to its bound is decided "
+                   "by the run, not by the code."), ""]
         lines += _table(("target", "bound", *models), targets) + [""]
     for model in models:
         preset = get_preset(model)
@@ -224,10 +224,10 @@ def render(models: Sequence[str], configs: Sequence[str], results: Results, sett
         lines += [f"## {model}: {preset.description}; batch {shape}", ""]
         lines += _table(TRAINING_HEADER, training_rows(model, configs, results)) + [""]
         if "infer" in configs:
-            lines += ["Inference (eval, no grad, same batch; LoRA r=8 on all linear layers). × base: median ratio to "
-                      "an untouched copy of the base model called just before, in the same process; × HF PEFT "
-                      "unmerged divides that by HF PEFT's unmerged ratio. The A/A control pairs the base model with its "
-                      "untouched copy the same way: its distance from 1.00× is the column's resolution:", ""]
+            lines += [("Inference (eval, no grad, same batch; LoRA r=8 on all linear layers). × base: median ratio to "
+                       "an untouched copy of the base model called just before, in the same process; × HF PEFT "
+                       "unmerged divides that by HF PEFT's unmerged ratio. The A/A control pairs the base model with "
+                       "its untouched copy the same way: its distance from 1.00× is the column's resolution:"), ""]
             lines += _table(("variant", "library", "latency s", "× base", "× HF PEFT unmerged", "note"),
                             inference_rows(model, results)) + [""]
         if "switch" in configs:

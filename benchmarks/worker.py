@@ -64,7 +64,7 @@ def main(argv: list[str]) -> int:
         result = {"status": "ok", **measure(job)}
     except libraries.Skip as skip:
         result = {"status": "skipped", "note": str(skip)}
-    except Exception as error:  # reported in the table, never fatal for the run
+    except Exception as error:  # noqa: BLE001  (reported in the table, never fatal for the run)
         message = str(error).strip().splitlines()[0][:200] if str(error).strip() else ""
         result = {"status": "error", "note": f"{type(error).__name__}: {message}"}
     print(RESULT_PREFIX + json.dumps(result), flush=True)

@@ -93,7 +93,8 @@ def test_peftlab_saved_ia3_loads_in_hf(case: Case, tmp_path: Path) -> None:
 
 def _feedforward_flags(model: nn.Module) -> dict[str, bool]:
     if isinstance(model, peftlab.AdaptedModel):
-        return {p: site.feedforward for p, (site, _) in model.site_adapters("default").items() if hasattr(site, "ia3_l")}
+        return {p: site.feedforward for p, (site, _) in model.site_adapters("default").items()
+                if hasattr(site, "ia3_l")}
     return {n.removeprefix("base_model.model."): m.is_feedforward for n, m in model.named_modules()
             if hasattr(m, "is_feedforward")}
 

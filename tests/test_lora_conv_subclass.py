@@ -1,4 +1,5 @@
-"""LoRA and DoRA on a Conv2d subclass that pads its input itself (EfficientNet's TensorFlow-style "same" convolution)."""
+"""LoRA and DoRA on a Conv2d subclass that pads its input itself (EfficientNet's TensorFlow-style "same"
+convolution)."""
 
 from __future__ import annotations
 

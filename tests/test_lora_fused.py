@@ -55,7 +55,8 @@ def test_fused_dropout_is_the_equation() -> None:
     reference = x @ w.T + b + 0.5 * ((x * mask / 0.75) @ a.T) @ bb.T
     torch.testing.assert_close(fused, reference)
     assert torch.autograd.gradcheck(
-        lambda x_, a_, b_: LoRALinearFunction.apply(x_, w, b, a_, b_, 0.5, DropoutMask.from_kept(mask, 0.25)), (x, a, bb))
+        lambda x_, a_, b_: LoRALinearFunction.apply(x_, w, b, a_, b_, 0.5, DropoutMask.from_kept(mask, 0.25)),
+        (x, a, bb))
 
 
 def test_fused_dropout_draws_a_fresh_mask_in_training_only() -> None:

@@ -1,5 +1,6 @@
-"""(IA)³, bottleneck adapters, sparse fine-tuning, BitFit and full fine-tuning (the selection kind) on the real MiniLM encoder, on real tweets: each trains (the loss
-falls within a few steps, and the method's own tensors move, not just the new head) and its file round-trips."""
+"""(IA)³, bottleneck adapters, sparse fine-tuning, BitFit and full fine-tuning (the selection kind) on the real MiniLM
+encoder, on real tweets: each trains (the loss falls within a few steps, and the method's own tensors move, not just
+the new head) and its file round-trips."""
 
 from __future__ import annotations
 

@@ -37,7 +37,8 @@ def test_types_layers_and_exclusions() -> None:
     convs = peftlab.adapt(ConvNet(), peftlab.LoRA(target_types=("Conv2d",)))
     assert _sites(convs) == {"conv1", "conv2"}
     only_layer_0 = peftlab.adapt(tiny_bert(), peftlab.LoRA(targets=["query", "value"], layers=[0]))
-    assert _sites(only_layer_0) == {"bert.encoder.layer.0.attention.self.query", "bert.encoder.layer.0.attention.self.value"}
+    assert _sites(only_layer_0) == {"bert.encoder.layer.0.attention.self.query",
+                                    "bert.encoder.layer.0.attention.self.value"}
     excluded = peftlab.adapt(tiny_bert(), peftlab.LoRA(targets="all-linear", exclude=["key", "output.dense"]))
     assert not any(s.endswith((".key", "output.dense")) for s in _sites(excluded))
 

@@ -220,8 +220,9 @@ class AdaptedModel(nn.Module):
             self._require(name)
             method = self.configs[name].card
             if not method.mergeable:
-                raise AdapterStateError(f"adapter {name!r} uses {method.name}, which is not mergeable ({method.kind.value}"
-                                        "); it must stay attached. Use the AdaptedModel as is, or unload() to drop it")
+                raise AdapterStateError(f"adapter {name!r} uses {method.name}, which is not mergeable "
+                                        f"({method.kind.value}); it must stay attached. Use the AdaptedModel as is, "
+                                        "or unload() to drop it")
             for path, (site, module) in self.site_adapters(name).items():
                 if not isinstance(site, MergeableSite):
                     raise AdapterStateError(f"adapter {name!r} at {path!r} cannot be merged")
@@ -299,8 +300,9 @@ class AdaptedModel(nn.Module):
             count = sum(p.numel() for p in self._adapter_parameters(name))
             state = "active" if name in self._active else "inactive"
             extra = f", trained in full: {', '.join(saved)}" if saved else ""
-            shared = self.model_adapters[name] if name in self.model_adapters else None
-            level = ", with model-level tensors" if shared is not None and any(True for _ in shared.parameters()) else ""
+            shared = self.model_adapters[name] if name in self.model_adapters else None  # noqa: SIM401  (ModuleDict)
+            has_tensors = shared is not None and any(True for _ in shared.parameters())
+            level = ", with model-level tensors" if has_tensors else ""
             lines.append(f"adapter {name!r} ({state}): {config.card.name} at {n_method} site(s){level}{extra}; "
                          f"{count:,} parameters")
         trainable, total = self.trainable_parameters(), self.total_parameters()

@@ -101,7 +101,7 @@ def _metadata(weights_file: Path) -> dict[str, str]:
     try:
         with safe_open(str(weights_file), framework="pt") as handle:
             return handle.metadata() or {}
-    except Exception as err:  # safetensors raises its own error types for corrupt headers
+    except Exception as err:  # noqa: BLE001  (safetensors raises its own error types for corrupt headers)
         raise AdapterLoadError(f"{weights_file} is not a readable safetensors file: {err}") from None
 
 
@@ -148,7 +148,7 @@ def _hf_wrapper_prefixes(model: AdaptedModel, name: str) -> tuple[str, ...]:
 def _load_tensors(model: AdaptedModel, name: str, weights_file: Path) -> None:
     skipped = _hf_wrapper_prefixes(model, name)
     with safe_open(str(weights_file), framework="pt") as handle:
-        file_keys = [k for k in handle.keys() if not k.startswith(skipped)]
+        file_keys = [k for k in handle.keys() if not k.startswith(skipped)]  # noqa: SIM118  (not a dict)
         expected = adapter_tensors(model, name)
         for key in file_keys:
             if key not in expected:

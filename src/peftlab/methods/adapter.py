@@ -212,8 +212,8 @@ class Bottleneck(nn.Module):
         source = self._slot[0].take(self.path) if self._slot else h
         if source.shape != h.shape:
             raise AdapterStateError(f"parallel adapter at {self.path!r}: the sublayer input has shape "
-                                    f"{tuple(source.shape)}, the output {tuple(h.shape)}; sublayer_inputs must name the "
-                                    "module whose input is this sublayer's input (same shape as its output)")
+                                    f"{tuple(source.shape)}, the output {tuple(h.shape)}; sublayer_inputs must name "
+                                    "the module whose input is this sublayer's input (same shape as its output)")
         weight = self.adapter_down.weight
         update = self.adapter_up(self.act(self.adapter_down(source.to(weight.dtype)))) * self.scale
         return h + update.to(h.dtype)

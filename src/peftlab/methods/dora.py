@@ -1,4 +1,5 @@
-"""DoRA: W' = m · (W + (α/r) B A) / ‖W + (α/r) B A‖_row   (Liu et al., 2024, "DoRA: Weight-Decomposed Low-Rank Adaptation")
+"""DoRA: W' = m · (W + (α/r) B A) / ‖W + (α/r) B A‖_row
+(Liu et al., 2024, "DoRA: Weight-Decomposed Low-Rank Adaptation")
 
 The weight is split into a magnitude vector m (one entry per output feature, initialised to ‖W‖_row) and a direction
 updated by LoRA. As in the paper (§4.3) and Hugging Face PEFT, the norm is treated as a constant in the backward

@@ -137,13 +137,15 @@ class IA3(MethodConfig):
 
 
 class IA3Site(nn.Module):
-    """The vector `ia3_l` at one site, in Hugging Face PEFT's shape; it scales the output or (feed-forward) the input."""
+    """The vector `ia3_l` at one site, in Hugging Face PEFT's shape; it scales the output, or the input at a
+    feed-forward site."""
 
     def __init__(self, module: nn.Module, feedforward: bool) -> None:
         super().__init__()
         weight = module.weight
         conv = isinstance(module, nn.modules.conv._ConvNd)
-        # Axes of the weight holding (d_out, d_in): Linear and Conv store (d_out, d_in, ...), GPT-2's Conv1D (d_in, d_out).
+        # Axes of the weight holding (d_out, d_in): Linear and Conv store (d_out, d_in, ...), GPT-2's Conv1D
+        # (d_in, d_out).
         out_axis, in_axis = (1, 0) if stores_weight_transposed(module) else (0, 1)
         self.weight_axis = in_axis if feedforward else out_axis
         size = weight.shape[self.weight_axis]

@@ -1,4 +1,5 @@
-"""LoRA: y = W x + b + (α / r) · B A dropout(x)   (Hu et al., 2021, "LoRA: Low-Rank Adaptation of Large Language Models")
+"""LoRA: y = W x + b + (α / r) · B A dropout(x)
+(Hu et al., 2021, "LoRA: Low-Rank Adaptation of Large Language Models")
 
 A ∈ R^{r×d_in} starts random (Kaiming-uniform), B ∈ R^{d_out×r} starts at zero, so the adapted model starts equal to the
 base model. rsLoRA (Kalajdzievski, 2023) scales by α / √r instead. Merging folds ΔW = (α / r) · B A into W.
@@ -220,7 +221,8 @@ class LoRALinear(LoRABiasMixin, nn.Module):
 
 
 class LoRAConv(LoRABiasMixin, nn.Module):
-    """LoRA at a Conv1d/Conv2d: A is a conv (d_in -> r) with the base kernel/stride/padding, B a 1×1 conv (r -> d_out)."""
+    """LoRA at a Conv1d/Conv2d: A is a conv (d_in -> r) with the base kernel, stride and padding; B a 1×1 conv
+    (r -> d_out)."""
 
     def __init__(self, module: nn.Conv1d | nn.Conv2d, r: int, scaling: float, dropout: float, init: str,
                  train_bias: bool) -> None:

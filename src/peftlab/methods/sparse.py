@@ -61,7 +61,8 @@ class SparseFT(MethodConfig):
     def validate(self) -> None:
         check_range(self.pruning, "pruning", 0.0, 1.0, high_open=True)
         check(self.selection in SELECTIONS, "selection", f"must be one of {SELECTIONS}, got {self.selection!r}")
-        check(isinstance(self.seed, int) and not isinstance(self.seed, bool), "seed", f"must be an int, got {self.seed!r}")
+        check(isinstance(self.seed, int) and not isinstance(self.seed, bool), "seed",
+              f"must be an int, got {self.seed!r}")
 
     def supports(self, module: nn.Module) -> bool:
         weight = getattr(module, "weight", None)
@@ -90,7 +91,8 @@ def top_k(scores: torch.Tensor, k: int) -> torch.Tensor:
 
 
 class SparseDelta(nn.Module):
-    """Δ at k fixed entries of the module's weight: `sparse_values` (k,) trained, `sparse_indices` (k,) flat positions."""
+    """Δ at k fixed entries of the module's weight: `sparse_values` (k,) trained, `sparse_indices` (k,) their flat
+    positions."""
 
     def __init__(self, weight: torch.Tensor, k: int, indices: torch.Tensor | None) -> None:
         super().__init__()
@@ -109,7 +111,8 @@ class SparseDelta(nn.Module):
     def _require_mask(self) -> None:
         if not self.has_mask:
             raise AdapterStateError("this sparse adapter uses selection='gradient' and has no mask yet; call "
-                                    "peftlab.methods.sparse.select_by_gradient(model, batches) before training or saving")
+                                    "peftlab.methods.sparse.select_by_gradient(model, batches) before training or "
+                                    "saving")
 
     def effective(self, weight: torch.Tensor, sign: float = 1.0) -> torch.Tensor:
         """W + scatter(Δ) as a new tensor, W's shape and dtype."""

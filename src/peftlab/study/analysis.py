@@ -131,7 +131,8 @@ def best_balance(summaries: Sequence[Summary], metric: str, higher_is_better: bo
 
 def best_under(summaries: Sequence[Summary], budgets: Sequence[Budget], higher_is_better: bool) -> Summary | None:
     """The best test metric among methods whose mean measurements fit every budget."""
-    fits = [s for s in summaries if s.mean("test_metric") is not None and all(b.allows(s.as_mapping()) for b in budgets)]
+    fits = [s for s in summaries
+            if s.mean("test_metric") is not None and all(b.allows(s.as_mapping()) for b in budgets)]
     if not fits:
         return None
     sign = 1.0 if higher_is_better else -1.0  # ties: fewer trainable parameters

@@ -74,8 +74,8 @@ def _inline(text: str) -> str:
 
 def to_html(blocks: list[Block], title: str) -> str:
     """One HTML page with inline CSS and base64 PNGs: it opens anywhere, alone."""
-    out = [f"<!doctype html><html><head><meta charset='utf-8'><title>{html.escape(title)}</title>"
-           f"<style>{_STYLE}</style></head><body>"]
+    out = [(f"<!doctype html><html><head><meta charset='utf-8'><title>{html.escape(title)}</title>"
+            f"<style>{_STYLE}</style></head><body>")]
     for block in blocks:
         if isinstance(block, Heading):
             out.append(f"<h{block.level}>{_inline(block.text)}</h{block.level}>")

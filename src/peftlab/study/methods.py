@@ -31,7 +31,8 @@ SURVEY_METHODS: dict[str, tuple[str, dict[str, Any]]] = {
 }
 
 # Peak learning rate per registry id for the study's short budgets (~150-250 steps of batch 16); tuned on the
-# default study with a x2.5 sweep (see docs/study.md). Methods that train few, multiplicative or input-side parameters need more.
+# default study with a x2.5 sweep (see docs/study.md). Methods that train few, multiplicative or input-side
+# parameters need more.
 DEFAULT_LR: dict[str, float] = {
     "full": 1e-4,
     "adapter": 3e-3,

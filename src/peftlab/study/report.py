@@ -58,10 +58,12 @@ def results_table(rows: Sequence[Summary], metric: str) -> Table:
     for s in rows:
         delta = s.values.get("delta_vs_full")
         body.append([s.method, attach_kind(s.method_id), fmt_count(s.mean("trainable_params")),
-                     fmt_num(s.values.get("trainable_percent"), digits=3), fmt_metric(metric, s.values.get("test_metric")),
+                     fmt_num(s.values.get("trainable_percent"), digits=3),
+                     fmt_metric(metric, s.values.get("test_metric")),
                      fmt_metric(metric, delta, signed=True) if s.method_id != "full" or s.ok == 0 else "0",
                      fmt_num(s.values.get("peak_memory_mb")), fmt_num(s.values.get("train_seconds"), digits=1),
-                     fmt_num(s.values.get("median_step_seconds"), 1e3), fmt_num(s.values.get("examples_per_second"), digits=1),
+                     fmt_num(s.values.get("median_step_seconds"), 1e3),
+                     fmt_num(s.values.get("examples_per_second"), digits=1),
                      fmt_count(s.mean("adapter_bytes")) + "B" if s.mean("adapter_bytes") else "–",
                      fmt_num(s.latency.get("unmerged"), digits=1),
                      fmt_num(s.latency.get("merged"), digits=1) if s.mergeable else "n/a",

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import itertools
+
 import yaml
 
 from peftlab.study.data.assets import package_dir
@@ -16,5 +18,5 @@ def chatterbot_pairs(language: str = "english") -> list[PromptCompletion]:
         data = yaml.safe_load(file.read_text(encoding="utf-8")) or {}
         for conversation in data.get("conversations") or []:
             turns = [str(t).strip() for t in conversation if t is not None and str(t).strip()]
-            pairs.extend(PromptCompletion(q, a) for q, a in zip(turns, turns[1:]))
+            pairs.extend(PromptCompletion(q, a) for q, a in itertools.pairwise(turns))
     return pairs
