@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import dataclasses
 import json
+import math
 from collections.abc import Mapping
 from typing import Any
 
@@ -108,9 +109,12 @@ def parse_lr_overrides(items: list[str]) -> dict[str, float]:
         for part in filter(None, (p.strip() for p in item.split(","))):
             key, sep, value = part.rpartition("=")
             try:
-                out[key if sep else "*"] = float(value)
+                lr = float(value)
             except ValueError:
                 raise StudyError(f"--lr {part!r}: expected method=value (e.g. lora=2e-3) or a number") from None
+            if not (math.isfinite(lr) and lr > 0):
+                raise StudyError(f"--lr {part!r}: a learning rate must be a positive finite number")
+            out[key if sep else "*"] = lr
     return out
 
 

@@ -12,6 +12,7 @@ from typing import Any
 from peftlab.study.errors import StudyError
 from peftlab.study.methods import SURVEY_METHODS, StudyMethod
 from peftlab.study.tasks.base import TaskSpec
+from peftlab.train.config import TrainConfig
 
 DEFAULT_METHODS = list(SURVEY_METHODS)
 
@@ -48,6 +49,11 @@ class RunSettings:
             raise StudyError(f"--threads must be >= 1, got {self.threads}")
         if self.latency_repeats < 1 or self.latency_batch < 1:
             raise StudyError("latency_repeats and latency_batch must be >= 1")
+
+    def train_config(self, lr: float, device: str) -> TrainConfig:
+        """The training loop's settings of one run (TrainConfigError when a value is out of range)."""
+        return TrainConfig(steps=self.steps, lr=lr, warmup=self.warmup, weight_decay=self.weight_decay,
+                           grad_clip=self.grad_clip, eval_every=self.eval_every, device=device)
 
 
 @dataclasses.dataclass(frozen=True)

@@ -15,6 +15,7 @@ from typing import Any
 from peftlab.study import events
 from peftlab.study.analysis import delta_vs_full
 from peftlab.study.plan import RunSpec, StudyConfig
+from peftlab.study.preflight import check_study
 from peftlab.study.progress import Progress, TqdmProgress
 from peftlab.study.results import append_record, load_records, save_study
 from peftlab.study.worker import RESULT_FILE, SPEC_FILE, base_record
@@ -35,8 +36,10 @@ def run_study(study: StudyConfig, out: Path, *, progress: Progress | None = None
               run_timeout: float | None = None) -> list[dict[str, Any]]:
     """Run every pending run of `study` in `out` and return all records of the study's runs.
 
-    Finished runs (ok or failed) are skipped, so re-running the same command resumes an interrupted study.
+    Finished runs (ok or failed) are skipped, so re-running the same command resumes an interrupted study. What
+    would fail every run alike (task, model, device, settings) raises StudyError before any run starts.
     """
+    check_study(study)
     out.mkdir(parents=True, exist_ok=True)
     save_study(out, study)
     records = load_records(out)

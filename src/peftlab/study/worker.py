@@ -31,7 +31,6 @@ from peftlab.study.results import SCHEMA_VERSION
 from peftlab.study.tasks import Task, build_task
 from peftlab.study.tasks.base import endless_batches
 from peftlab.train import (
-    TrainConfig,
     move_batch,
     peak_memory_mb,
     process_peak_rss_mb,
@@ -150,9 +149,7 @@ def _adapt(spec: RunSpec, task: Task, base: nn.Module, device: torch.device,
 def _train(spec: RunSpec, task: Task, model: nn.Module, splits: Splits, train_examples: list[Any],
            device: torch.device, record: dict[str, Any]) -> None:
     settings = spec.settings
-    config = TrainConfig(steps=settings.steps, lr=spec.method.lr, warmup=settings.warmup,
-                         weight_decay=settings.weight_decay, grad_clip=settings.grad_clip,
-                         eval_every=settings.eval_every, device=str(device))
+    config = settings.train_config(spec.method.lr, str(device))
     record["config"]["train"] = config.to_dict()
     generator = torch.Generator().manual_seed(spec.seed)  # data order
     batches = endless_batches(train_examples, settings.batch_size, generator, task.collate,

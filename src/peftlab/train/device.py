@@ -7,6 +7,12 @@ import sys
 
 import torch
 
+from peftlab.errors import PeftlabError
+
+
+class DeviceError(PeftlabError, RuntimeError):
+    """The requested device is not available on this machine."""
+
 
 def resolve_device(name: str = "auto") -> torch.device:
     """"auto" picks cuda, then mps, then cpu; any other name must be available or we say which ones are."""
@@ -16,12 +22,15 @@ def resolve_device(name: str = "auto") -> torch.device:
         if getattr(torch.backends, "mps", None) is not None and torch.backends.mps.is_available():
             return torch.device("mps")
         return torch.device("cpu")
-    device = torch.device(name)
+    try:
+        device = torch.device(name)
+    except RuntimeError as err:
+        raise DeviceError(f"{name!r} is not a device name ({err}); use auto, cpu, cuda, cuda:N or mps") from None
     available = {"cpu": True, "cuda": torch.cuda.is_available(),
                  "mps": getattr(torch.backends, "mps", None) is not None and torch.backends.mps.is_available()}
     if not available.get(device.type, False):
         usable = ", ".join(k for k, ok in available.items() if ok)
-        raise RuntimeError(f"device {name!r} is not available on this machine; available: {usable} (or 'auto')")
+        raise DeviceError(f"device {name!r} is not available on this machine; available: {usable} (or 'auto')")
     return device
 
 

@@ -41,6 +41,14 @@ class TaskSpec:
     max_new_tokens: int = 16
     generation_examples: int = 100
 
+    def __post_init__(self) -> None:
+        counts = {"--max-length": self.max_length, "--test-size": self.test_size,
+                  "--validation-size": self.validation_size, "--image-size": self.image_size,
+                  "max_new_tokens": self.max_new_tokens, "generation_examples": self.generation_examples}
+        for option, value in counts.items():
+            if value is not None and value < 1:
+                raise StudyError(f"{option} must be >= 1, got {value}")
+
     def to_dict(self) -> dict[str, Any]:
         return dataclasses.asdict(self)
 

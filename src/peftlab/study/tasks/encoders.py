@@ -12,6 +12,7 @@ from torch import nn
 
 from peftlab.study import models
 from peftlab.study.data.examples import Labeled
+from peftlab.study.errors import StudyError
 
 Batch = dict[str, Any]
 
@@ -93,7 +94,14 @@ class ImageEncoder:
         "lora": CONV_TARGETS, "dora": CONV_TARGETS, "ia3": CONV_TARGETS, "sparse": CONV_TARGETS,
         "adapter": r"_blocks\.\d+\._project_conv"}
 
+    MIN_IMAGE_SIZE = 32  # EfficientNet-Lite0 downsamples by 32: a smaller image leaves its last kernels no input
+
     def __init__(self, model_ref: str, image_size: int) -> None:
+        if model_ref != "efficientnet-lite0":
+            raise StudyError(f"the image task supports the model 'efficientnet-lite0', not {model_ref!r}")
+        if image_size < self.MIN_IMAGE_SIZE:
+            raise StudyError(f"--image-size {image_size} is too small for EfficientNet-Lite0; use at least "
+                             f"{self.MIN_IMAGE_SIZE}")
         self.model_ref = model_ref
         self.image_size = image_size
 
@@ -105,8 +113,6 @@ class ImageEncoder:
         return fields
 
     def build_model(self, num_labels: int) -> nn.Module:
-        if self.model_ref != "efficientnet-lite0":
-            raise ValueError(f"the image task supports the model 'efficientnet-lite0', not {self.model_ref!r}")
         return models.load_efficientnet_lite0(num_labels)
 
     def collate(self, examples: Sequence[Labeled]) -> Batch:
