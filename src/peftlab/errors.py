@@ -19,5 +19,9 @@ class AdapterLoadError(PeftlabError):
     """An adapter file does not fit the base model, or is not a format peftlab reads."""
 
 
+class AdapterSaveError(PeftlabError):
+    """An adapter cannot be written where asked (the path is a file, not a folder)."""
+
+
 class AdapterStateError(PeftlabError):
     """An operation does not fit the current adapter state (unknown name, merged adapter, ...)."""

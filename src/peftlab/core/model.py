@@ -16,7 +16,7 @@ from peftlab.core.config import MethodConfig
 from peftlab.core.copy_site import CopySite
 from peftlab.core.layer import AdaptedLayer, MergeableSite
 from peftlab.core.targets import modules_to_save_for
-from peftlab.errors import AdapterStateError, TargetError
+from peftlab.errors import AdapterSaveError, AdapterStateError, TargetError
 
 
 def check_adapter_name(name: str) -> str:
@@ -317,9 +317,13 @@ class AdaptedModel(nn.Module):
         """
         from peftlab.io.adapter_files import save_adapter
 
+        path = Path(path)
+        if path.exists() and not path.is_dir():
+            raise AdapterSaveError(f"cannot save adapters to {path}: it is a file; pass a folder path (it is "
+                                   "created if missing)")
         for name in adapter_names if adapter_names is not None else self.adapters:
             self._require(name)
-            save_adapter(self, name, Path(path) if name == "default" else Path(path) / name)
+            save_adapter(self, name, path if name == "default" else path / name)
 
     def save_pretrained(self, save_directory: str | Path, **_: Any) -> None:
         """Alias of `save` for code written against Hugging Face PEFT."""
@@ -352,8 +356,15 @@ def adapted_class(base_cls: type) -> type[AdaptedModel]:
     return type(f"Adapted{base_cls.__name__}", (AdaptedModel,), {"forward": forward, "__module__": __name__})
 
 
+def _require_module(model: object, function: str) -> None:
+    if not isinstance(model, nn.Module):
+        raise TypeError(f"peftlab.{function} takes a torch.nn.Module (e.g. a transformers model), got "
+                        f"{type(model).__name__}")
+
+
 def adapt(model: nn.Module, config: MethodConfig, adapter_name: str = "default") -> AdaptedModel:
     """Freeze `model` and attach one adapter described by `config`; returns the AdaptedModel."""
+    _require_module(model, "adapt")
     if isinstance(model, AdaptedModel):
         model.add_adapter(adapter_name, config)
         return model
@@ -364,6 +375,7 @@ def adapt(model: nn.Module, config: MethodConfig, adapter_name: str = "default")
 
 def load(model: nn.Module, path: str | Path, adapter_name: str = "default") -> AdaptedModel:
     """Attach the adapter stored at `path` (peftlab or Hugging Face PEFT files) to `model`."""
+    _require_module(model, "load")
     adapted = model if isinstance(model, AdaptedModel) else adapted_class(type(model))(model)
     adapted.load_adapter(path, adapter_name)
     return adapted
