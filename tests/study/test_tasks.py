@@ -19,7 +19,7 @@ def test_sentiment_batches_are_padded_tokens_with_labels() -> None:
     batch = next(endless_batches(splits.train, 4, torch.Generator().manual_seed(0), task.collate))
     assert batch["input_ids"].shape[0] == 4 and batch["input_ids"].shape[1] <= 16
     assert batch["labels"].tolist() and set(batch["labels"].tolist()) <= {0, 1, 2}
-    assert task.fields_for("lora") == {}
+    assert task.fields_for("lora") == {} and task.describe()["input_size"] == "max length 16"
 
 
 def test_image_batches_are_three_channel_normalised_squares() -> None:
@@ -29,6 +29,7 @@ def test_image_batches_are_three_channel_normalised_squares() -> None:
     assert -1.0 <= float(batch["pixel_values"].min()) and float(batch["pixel_values"].max()) <= 1.0
     assert task.fields_for("lora")["modules_to_save"] == ("_fc",) and "targets" in task.fields_for("lora")
     assert "targets" not in task.fields_for("bitfit")
+    assert task.describe()["input_size"] == "32x32 px"  # the report's header says this, not a token length
 
 
 @pytest.mark.parametrize("method_id", ["lora", "dora"])

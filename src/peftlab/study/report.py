@@ -155,8 +155,9 @@ def _header(info: dict[str, Any], records: list[dict[str, Any]], study: Any) -> 
     hardware = info.get("hardware") or {}
     versions = info.get("versions") or {}
     seeds = sorted({r["seed"] for r in records})
+    input_size = (info.get("task_info") or {}).get("input_size") or f"max length {info.get('max_length')}"
     text = (f"Task `{info['task']}` on model `{info.get('model')}`; {info.get('steps')} steps of batch "
-            f"{info.get('batch_size')} (max length {info.get('max_length')}) for every method; seeds {seeds}; "
+            f"{info.get('batch_size')} ({input_size}) for every method; seeds {seeds}; "
             f"{ok} of {len(records)} runs succeeded. Hardware: {hardware.get('cpu', '?')}, "
             f"{hardware.get('cpu_count', '?')} cores, device {hardware.get('device', '?')}. "
             f"Versions: " + ", ".join(f"{k} {v}" for k, v in versions.items()) + ".")

@@ -51,7 +51,8 @@ class CausalLMTask:
 
     def describe(self) -> dict[str, Any]:
         return {"task": self.name, "kind": "causal-lm", "model": self.model_ref, "examples": len(self.pairs),
-                "test_size": self.test_size, "validation_size": self.validation_size, "chat": self.chat}
+                "test_size": self.test_size, "validation_size": self.validation_size, "chat": self.chat,
+                "input_size": f"max length {self.spec.max_length}"}
 
     def length(self, example: PromptCompletion) -> int:
         return len(example.prompt) + len(example.completion)

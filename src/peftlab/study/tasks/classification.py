@@ -37,7 +37,8 @@ class ClassificationTask:
     def describe(self) -> dict[str, Any]:
         return {"task": self.name, "kind": "classification", "model": self.model_ref,
                 "classes": self.data.label_names, "examples": len(self.data.examples),
-                "test_size": self.test_size, "validation_size": self.validation_size}
+                "test_size": self.test_size, "validation_size": self.validation_size,
+                "input_size": self.encoder.input_size}
 
     def length(self, example: Labeled) -> int | None:
         return self.encoder.length(example)

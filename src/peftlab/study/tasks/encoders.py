@@ -30,6 +30,11 @@ class Encoder(Protocol):
     def eval_order(self, examples: Sequence[Labeled]) -> list[Labeled]: ...
     def train_mode(self, model: nn.Module) -> None: ...
 
+    @property
+    def input_size(self) -> str:
+        """The size of one input, for reports: "max length 64", "64x64 px"."""
+        ...
+
 
 class TextEncoder:
     """A Hugging Face sequence classifier and its tokenizer; batches are padded to their longest text."""
@@ -45,6 +50,10 @@ class TextEncoder:
         if self._tokenizer is None:
             self._tokenizer = models.load_tokenizer(self.model_ref)
         return self._tokenizer
+
+    @property
+    def input_size(self) -> str:
+        return f"max length {self.max_length}"
 
     def fields_for(self, method_id: str) -> dict[str, Any]:
         """Method defaults suit transformers; the new head is found automatically."""
@@ -104,6 +113,10 @@ class ImageEncoder:
                              f"{self.MIN_IMAGE_SIZE}")
         self.model_ref = model_ref
         self.image_size = image_size
+
+    @property
+    def input_size(self) -> str:
+        return f"{self.image_size}x{self.image_size} px"
 
     def fields_for(self, method_id: str) -> dict[str, Any]:
         """The new head `_fc` is trained and saved; see METHOD_TARGETS."""
