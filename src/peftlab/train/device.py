@@ -31,6 +31,9 @@ def resolve_device(name: str = "auto") -> torch.device:
     if not available.get(device.type, False):
         usable = ", ".join(k for k, ok in available.items() if ok)
         raise DeviceError(f"device {name!r} is not available on this machine; available: {usable} (or 'auto')")
+    if device.type == "cuda" and device.index is not None and device.index >= torch.cuda.device_count():
+        raise DeviceError(f"device {name!r} does not exist: this machine has {torch.cuda.device_count()} CUDA "
+                          f"device(s), cuda:0 to cuda:{torch.cuda.device_count() - 1}")
     return device
 
 
