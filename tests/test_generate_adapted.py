@@ -13,6 +13,7 @@ import pytest
 import torch
 
 import peftlab
+from peftlab.core.model_inputs import cache_argument
 from tests.tiny_models import tiny_llama
 
 STEPS = 4
@@ -95,8 +96,9 @@ def test_generate_with_loreft_edits_the_prompt_only() -> None:
     block.register_forward_hook(lambda m, a, out: seen.append((inner[-1], out)))
     with torch.no_grad():
         out = model(input_ids=ids, attention_mask=mask, use_cache=True)
+        cache_name = cache_argument(type(model.base_model))  # "cache" from transformers 5.24 on
         model(input_ids=tokens[:, ids.shape[1]:ids.shape[1] + 1], attention_mask=torch.ones(2, 7, dtype=torch.long),
-              past_key_values=out.past_key_values)
+              **{cache_name: getattr(out, cache_name)})
     (bare_prompt, edited_prompt), (bare_step, edited_step) = seen
     assert not torch.equal(bare_prompt, edited_prompt)
     assert torch.equal(bare_step, edited_step), "a call continuing the cache was edited"

@@ -11,6 +11,7 @@ import torch
 from safetensors import safe_open
 
 import peftlab
+from peftlab.core.model_inputs import cache_argument
 from tests.tiny_models import MLP, tiny_bert, tiny_gpt2, tiny_llama
 
 
@@ -76,9 +77,10 @@ def test_prefix_cache_holds_the_prefix_and_counts() -> None:
     with torch.no_grad():
         out = model(input_ids=ids, attention_mask=torch.ones_like(ids), use_cache=True)
     assert out.logits.shape == (2, 6, 100)
-    assert out.past_key_values.get_seq_length() == 3 + 6
+    cache = getattr(out, cache_argument(type(model.base_model)))  # "cache" from transformers 5.24 on
+    assert cache.get_seq_length() == 3 + 6
     flat = model.model_adapters["default"].prompt_embeddings.detach()
-    keys_layer1 = out.past_key_values.layers[1].keys[0, :, :3]  # (heads, n, head size) of the first row
+    keys_layer1 = cache.layers[1].keys[0, :, :3]  # (heads, n, head size) of the first row
     torch.testing.assert_close(keys_layer1, flat.view(3, 4, 2, 8)[:, 2].permute(1, 0, 2))
 
 

@@ -1,7 +1,8 @@
 """Reading and rewriting one call of a transformers-style model, for model-level adapters (core.layer.ModelAdapter).
 
 A model-level adapter sees the arguments of every call of the base model: input_ids or inputs_embeds (B, T[, d]),
-attention_mask (B, T_past + T), position_ids, token_type_ids, labels, past_key_values. Input-side methods share three
+attention_mask (B, T_past + T), position_ids, token_type_ids, labels, and the key/value cache, which transformers
+5.24 renamed from `past_key_values` to `cache` (`find_cache`, `cache_argument`). Input-side methods share three
 questions, answered here once:
 
 - which argument is which, when some were passed by position (`bind_arguments`);
@@ -58,13 +59,28 @@ def batch_and_length(kwargs: dict[str, Any]) -> tuple[int, int]:
 
 def _cache_length(cache: Any) -> int:
     if isinstance(cache, (tuple, list)):
-        raise AdapterStateError("past_key_values is a legacy tuple; pass a transformers Cache (e.g. DynamicCache)")
+        raise AdapterStateError("the key/value cache is a legacy tuple; pass a transformers Cache (e.g. DynamicCache)")
     return int(cache.get_seq_length())
+
+
+CACHE_ARGUMENTS = ("cache", "past_key_values")  # transformers >= 5.24, then the name before it
+
+
+def find_cache(kwargs: dict[str, Any]) -> Any:
+    """The key/value cache passed to a call, under either name (None when there is none)."""
+    return next((kwargs[name] for name in CACHE_ARGUMENTS if kwargs.get(name) is not None), None)
+
+
+@functools.cache
+def cache_argument(model_cls: type) -> str:
+    """The name under which `model_cls.forward` takes the key/value cache."""
+    parameters = inspect.signature(model_cls.forward).parameters
+    return next((name for name in CACHE_ARGUMENTS if name in parameters), "past_key_values")
 
 
 def continues_cache(kwargs: dict[str, Any]) -> bool:
     """True when the call continues a cache holding earlier tokens (not just key/value prefixes of this call)."""
-    cache = kwargs.get("past_key_values")
+    cache = find_cache(kwargs)
     return cache is not None and _cache_length(cache) > getattr(cache, _VIRTUAL, 0)
 
 

@@ -23,9 +23,12 @@ from torch import nn
 
 from peftlab.core.config import MethodConfig, check
 from peftlab.core.model_inputs import (
+    CACHE_ARGUMENTS,
     batch_and_length,
     bind_arguments,
+    cache_argument,
     continues_cache,
+    find_cache,
     note_virtual_tokens,
     text_config,
 )
@@ -142,14 +145,16 @@ class PrefixAdapter(nn.Module):
                                         "drops under gradient (activation) checkpointing; turn it off, e.g. "
                                         "model.activation_checkpointing_disable()")
             batch, _ = batch_and_length(kw)
-            cache = kw.get("past_key_values")
+            cache = find_cache(kw)
             if cache is None:
                 from transformers import DynamicCache
 
                 cache = DynamicCache(config=text_config(model))
+                for name in CACHE_ARGUMENTS:  # an explicit None under either name goes: one name is passed
+                    kw.pop(name, None)
+                kw[cache_argument(type(model))] = cache
             self._write(cache, batch)
             note_virtual_tokens(cache, self.n)
-            kw["past_key_values"] = cache
         return (), shift_for_cached_virtual(kw, self.n)
 
     def _write(self, cache: Any, batch: int) -> None:
