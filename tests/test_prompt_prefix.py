@@ -136,3 +136,24 @@ def test_prompt_and_prefix_config_errors() -> None:
         peftlab.PromptTuning(init="zeros")
     with pytest.raises(peftlab.ConfigError, match="reparameterize=True"):
         peftlab.PrefixTuning(hidden=16)
+
+
+def test_the_cache_is_found_under_either_argument_name() -> None:
+    """transformers 5.24 renamed the forward argument past_key_values to cache; the input-side methods read both and
+    pass a cache they create under the name the model's forward takes (the tests' environment pins one version)."""
+    from transformers import DynamicCache
+
+    from peftlab.core.model_inputs import CACHE_ARGUMENTS, find_cache
+
+    cache = DynamicCache()
+    for name in CACHE_ARGUMENTS:
+        assert find_cache({"input_ids": None, name: cache}) is cache
+        assert find_cache({name: None}) is None
+
+    class RenamedForward(torch.nn.Module):
+        def forward(self, input_ids: torch.Tensor, cache: Any = None) -> torch.Tensor:
+            return input_ids
+
+    assert cache_argument(RenamedForward) == "cache"
+    assert cache_argument(torch.nn.Linear) == "past_key_values"  # no cache argument at all: the older name
+    assert cache_argument(type(tiny_llama())) in CACHE_ARGUMENTS
