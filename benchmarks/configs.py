@@ -96,6 +96,8 @@ METHODS: dict[str, MethodSpec] = {m.id: m for m in (
                _lora_fields(_all, 0.0)),
     MethodSpec("dora_qv", f"DoRA r={RANK} q,v (dropout 0.05)", ("dora",), _hf_lora(_qv, 0.05, dora=True),
                _lora_fields(_qv, 0.05)),
+    MethodSpec("dora_qv_nodrop", f"DoRA r={RANK} q,v, dropout 0", ("dora",), _hf_lora(_qv, 0.0, dora=True),
+               _lora_fields(_qv, 0.0)),
     MethodSpec("ia3", "IA3 (HF default targets)", ("ia3",), _hf_ia3, _peftlab_ia3),
     MethodSpec("prompt", f"prompt tuning, {VIRTUAL_TOKENS} tokens", ("prompt",), _hf_prompt,
                lambda p: {"num_virtual_tokens": VIRTUAL_TOKENS}),

@@ -62,6 +62,8 @@ TARGETS: tuple[Target, ...] = (
     Target("LoRA q,v: step × floor", "lora_qv", _versus_floor, 1.05),
     Target("DoRA q,v: step × HF PEFT", "dora_qv", _versus_hf, 0.80),
     Target("DoRA q,v: peak RSS × HF PEFT", "dora_qv", _peak_versus_hf, 1.00),
+    Target("DoRA q,v, dropout 0: step × HF PEFT", "dora_qv_nodrop", _versus_hf, 0.80),
+    Target("DoRA q,v, dropout 0: peak RSS × HF PEFT", "dora_qv_nodrop", _peak_versus_hf, 1.00),
     Target("IA3: peak RSS × HF PEFT", "ia3", _peak_versus_hf, 1.00),
     Target("prompt tuning: peak RSS × HF PEFT", "prompt", _peak_versus_hf, 1.00),
     Target("prefix tuning: peak RSS × HF PEFT", "prefix", _peak_versus_hf, 1.00),
