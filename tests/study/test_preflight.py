@@ -21,7 +21,7 @@ from tests.study.conftest import MINI, run_cli
     (("--max-length", "0"), "--max-length must be >= 1"),
     (("--warmup", "1.5"), r"warmup=1.5: a fraction of the steps in \[0, 1\)"),
     (("--eval-every", "-1"), "eval_every must be >= 0"),
-    (("--lr", "lora=0"), "a learning rate must be a positive finite number"),
+    (("--lr", "lora=0"), "method 'lora': lr=0.0: the learning rate must be a positive finite number"),
     (("--device", "gpu"), "'gpu' is not a device name"),
 ])
 def test_a_study_that_cannot_run_stops_before_its_first_run(tmp_path: Path, options: tuple[str, ...],

@@ -9,10 +9,10 @@ from __future__ import annotations
 
 import dataclasses
 import json
-import math
 from collections.abc import Mapping
 from typing import Any
 
+from peftlab.errors import ConfigError
 from peftlab.study.errors import StudyError
 
 # study name -> (registry id, fields). The survey's table, in its order.
@@ -86,20 +86,14 @@ def parse_method(name: str, lr_overrides: Mapping[str, float] | None = None) -> 
                 raise StudyError(f"method {name!r}: expected field=value after ':', got {item!r} "
                                  "(e.g. lora:r=16:alpha=32)")
             fields[key] = parse_value(value)
-    _check_config(name, method_id, fields)
     overrides = lr_overrides or {}
     lr = overrides.get(name, overrides.get(method_id, DEFAULT_LR.get(method_id, FALLBACK_LR)))
-    return StudyMethod(label=name, method_id=method_id, fields=dict(fields), lr=float(lr))
-
-
-def _check_config(name: str, method_id: str, fields: Mapping[str, Any]) -> None:
-    """StudyError naming the --methods entry when its method id or fields do not make a valid config."""
-    import peftlab
-
+    method = StudyMethod(label=name, method_id=method_id, fields=dict(fields), lr=float(lr))
     try:
-        peftlab.config_for(method_id, **fields)
-    except peftlab.ConfigError as err:
+        build_config(method, {})  # checked now; each run builds it again with its task's fields
+    except ConfigError as err:
         raise StudyError(f"--methods {name!r}: {err}") from None
+    return method
 
 
 def parse_lr_overrides(items: list[str]) -> dict[str, float]:
@@ -109,12 +103,9 @@ def parse_lr_overrides(items: list[str]) -> dict[str, float]:
         for part in filter(None, (p.strip() for p in item.split(","))):
             key, sep, value = part.rpartition("=")
             try:
-                lr = float(value)
+                out[key if sep else "*"] = float(value)
             except ValueError:
                 raise StudyError(f"--lr {part!r}: expected method=value (e.g. lora=2e-3) or a number") from None
-            if not (math.isfinite(lr) and lr > 0):
-                raise StudyError(f"--lr {part!r}: a learning rate must be a positive finite number")
-            out[key if sep else "*"] = lr
     return out
 
 

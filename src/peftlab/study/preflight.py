@@ -20,10 +20,13 @@ def check_study(study: StudyConfig) -> None:
     the task: its data, and its model's input pipeline (tokenizer or image size) on one training example."""
     try:
         resolve_device(study.settings.device)
-        for method in study.methods:
-            study.settings.train_config(method.lr, study.settings.device)
     except PeftlabError as err:
         raise StudyError(str(err)) from None
+    for method in study.methods:  # the training loop's own rules, learning rate included
+        try:
+            study.settings.train_config(method.lr, study.settings.device)
+        except PeftlabError as err:
+            raise StudyError(f"method {method.label!r}: {err}") from None
     try:
         task = build_task(study.task)
         task.collate(task.splits().train[:1])

@@ -43,8 +43,8 @@ class TaskSpec:
 
     def __post_init__(self) -> None:
         counts = {"--max-length": self.max_length, "--test-size": self.test_size,
-                  "--validation-size": self.validation_size, "--image-size": self.image_size,
-                  "max_new_tokens": self.max_new_tokens, "generation_examples": self.generation_examples}
+                  "--validation-size": self.validation_size, "max_new_tokens": self.max_new_tokens,
+                  "generation_examples": self.generation_examples}  # --image-size: the image encoder's own minimum
         for option, value in counts.items():
             if value is not None and value < 1:
                 raise StudyError(f"{option} must be >= 1, got {value}")
