@@ -44,3 +44,15 @@ def test_pareto_best_balance_and_budget() -> None:
     assert best_under(rows, parse_budgets(["params=5k"]), True).method == "bitfit"
     assert best_under(rows, parse_budgets(["params=1%"]), True).method == "lora"
     assert best_under(rows, parse_budgets(["memory=100MB"]), True) is None
+
+
+def test_report_header_gives_the_tasks_input_size() -> None:
+    """The header reads the input size the task describes (images have no token length); records written before
+    tasks described it fall back to the max length."""
+    from peftlab.study.report import _header
+
+    image = {**record("lora", 0, 0.9, 100, 1.0, 1.0), "task": "image", "model": "efficientnet-lite0", "steps": 10,
+             "batch_size": 16, "max_length": 64, "task_info": {"input_size": "64x64 px"}}
+    assert "steps of batch 16 (64x64 px) for every method" in _header(image, [image], None)[1].text
+    older = {key: value for key, value in image.items() if key != "task_info"}
+    assert "steps of batch 16 (max length 64) for every method" in _header(older, [older], None)[1].text

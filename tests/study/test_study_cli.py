@@ -36,7 +36,6 @@ def test_mini_study_resume_and_failures(tmp_path: Path) -> None:
 
     md = (out / "report.md").read_text()
     assert "| lora |" in md and "| full |" in md and "Best under your budget" in md
-    assert "steps of batch 8 (max length 32) for every method" in md
     page = (out / "report.html").read_text()
     assert "data:image/png;base64," in page and "<table>" in page
     assert (out / "plots" / "metric_vs_params.png").exists()
