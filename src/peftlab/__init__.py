@@ -8,7 +8,8 @@
 from peftlab.core.config import MethodConfig
 from peftlab.core.model import AdaptedModel, adapt, load
 from peftlab.core.typology import AttachKind, MethodCard
-from peftlab.errors import AdapterLoadError, AdapterSaveError, AdapterStateError, ConfigError, PeftlabError, TargetError
+from peftlab.errors import AdapterCombineError, AdapterLoadError, AdapterSaveError, AdapterStateError
+from peftlab.errors import ConfigError, PeftlabError, TargetError
 from peftlab.methods import BitFit, DoRA, FullFineTuning, LoRA
 from peftlab.methods import IA3, Adapter, SparseFT
 from peftlab.methods import LoReFT, PrefixTuning, PromptTuning
@@ -19,7 +20,8 @@ from peftlab.core.registry import config_for, get_method, methods, register
 __version__ = "0.1.0"
 
 __all__ = [
-    "AdaptedModel", "Adapter", "AdapterLoadError", "AdapterSaveError", "AdapterStateError", "AttachKind", "BitFit",
+    "AdaptedModel", "Adapter", "AdapterCombineError", "AdapterLoadError", "AdapterSaveError", "AdapterStateError",
+    "AttachKind", "BitFit",
     "ConfigError", "DoRA", "FullFineTuning", "IA3", "LoRA", "MethodCard", "MethodConfig", "PeftlabError", "SparseFT",
     "TargetError", "adapt", "config_for", "get_method", "load", "methods", "register",
     "LoReFT", "PrefixTuning", "PromptTuning",

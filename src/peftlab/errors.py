@@ -25,3 +25,7 @@ class AdapterSaveError(PeftlabError):
 
 class AdapterStateError(PeftlabError):
     """An operation does not fit the current adapter state (unknown name, merged adapter, ...)."""
+
+
+class AdapterCombineError(PeftlabError, ValueError):
+    """Adapters cannot be combined as asked (add_weighted_adapter: rule, weights, ranks or configs that misfit)."""

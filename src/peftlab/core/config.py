@@ -82,6 +82,9 @@ class MethodConfig:
     # Where adapter files put tensors living at a module: "<file_prefix><module path>.<key>". Hugging Face PEFT's
     # prompt-learning methods (prompt and prefix tuning) wrap the model one level less deep and use "base_model.".
     file_prefix: ClassVar[str] = "base_model.model."
+    # Whether `add_weighted_adapter` may combine this method's sites through their low-rank factors (sites then
+    # offer `factors()` -> (A, B) and `scaling`); otherwise only a weighted average of identical-config adapters.
+    combines_low_rank: ClassVar[bool] = False
 
     targets: TargetSpec = None
     target_types: tuple[str, ...] = ()

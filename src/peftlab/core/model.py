@@ -192,6 +192,24 @@ class AdaptedModel(nn.Module):
         self._active = remaining or ((self.adapters[0],) if self.adapters else ())
         self._refresh()
 
+    def add_weighted_adapter(self, adapters: Sequence[str], weights: Sequence[float], adapter_name: str,
+                             combination_type: str | None = None, svd_rank: int | None = None,
+                             svd_clamp: float | None = None, density: float | None = None,
+                             majority_sign_method: str = "total", seed: int | None = None) -> None:
+        """Add `adapter_name`: `adapters` combined with `weights` (negative ones subtract); it is not activated.
+
+        LoRA: combination_type "cat" (exact, rank Σ r_i), "svd" (default: the best rank-`svd_rank` approximation of
+        Σ w_i ΔW_i, rank max r_i if not given), "ties_svd" / "dare_linear_svd" / "dare_ties_svd" /
+        "magnitude_prune_svd" (prune with `density`, elect signs by `majority_sign_method`, then svd), or Hugging Face
+        PEFT's factor-wise "linear" / "ties" / "dare_linear" / "dare_ties" / "magnitude_prune" (one rank; rough).
+        Other methods: "linear" (default), the weighted average of same-config adapters. `seed` fixes DARE's draws.
+        Equations: peftlab/compose/. Raises AdapterCombineError before anything is added.
+        """
+        from peftlab.compose.weighted_adapter import add_weighted_adapter
+
+        add_weighted_adapter(self, adapters, weights, adapter_name, combination_type, svd_rank, svd_clamp, density,
+                             majority_sign_method, seed)
+
     @contextlib.contextmanager
     def disable_adapters(self) -> Iterator[None]:
         """Within this block the model behaves exactly as the base model."""

@@ -40,6 +40,7 @@ class DoRA(LoRA):
         inserted_at="attention / feed-forward (any linear or convolution)",
         form="low-rank + magnitude vector", integration="rescaled addition", param_formula="r·(d_in + d_out) + d_out",
         mergeable=True, paper="Liu et al. 2024")
+    combines_low_rank: ClassVar[bool] = False  # the magnitude does not add: adapters combine by weight average only
 
     def supports(self, module: nn.Module) -> bool:
         return super().supports(module) and not isinstance(module, nn.Embedding)  # LoRA's sites but embeddings

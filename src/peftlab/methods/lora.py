@@ -59,6 +59,7 @@ class LoRA(MethodConfig):
         form="low-rank", integration="scaled addition", param_formula="r·(d_in + d_out)", mergeable=True,
         paper="Hu et al. 2021")
     default_targets: ClassVar = DEFAULT_LORA_TARGETS
+    combines_low_rank: ClassVar[bool] = True
 
     r: int = 8
     alpha: float = 8.0
@@ -204,6 +205,10 @@ class LoRALinear(LoRABiasMixin, nn.Module):
                 and x.dtype == module.weight.dtype == self.lora_A.weight.dtype
                 and not torch.is_autocast_enabled(x.device.type))
 
+    def factors(self) -> tuple[nn.Parameter, nn.Parameter]:
+        """(A, B): ΔW = scaling · B A."""
+        return self.lora_A.weight, self.lora_B.weight
+
     def delta_weight(self) -> torch.Tensor:
         """ΔW in the base weight's layout: (d_out, d_in), or (d_in, d_out) when transposed."""
         delta = (self.lora_B.weight @ self.lora_A.weight) * self.scaling  # (d_out, d_in)
@@ -262,6 +267,7 @@ class LoRAConv(LoRABiasMixin, nn.Module):
         b = self.lora_B.weight.flatten(1)  # (d_out, r, 1[, 1]) -> (d_out, r)
         return torch.tensordot(b, self.lora_A.weight, dims=1) * self.scaling  # (d_out, d_in, k[, k])
 
+    factors = LoRALinear.factors
     merge = LoRALinear.merge
     unmerge = LoRALinear.unmerge
 
@@ -288,6 +294,10 @@ class LoRAEmbedding(nn.Module):
         rows = F.embedding(x, self.lora_embedding_A.T, emb.padding_idx, emb.max_norm, emb.norm_type,
                            emb.scale_grad_by_freq, emb.sparse)  # (..., r)
         return result + ((rows @ self.lora_embedding_B.T) * self.scaling).to(result.dtype)
+
+    def factors(self) -> tuple[nn.Parameter, nn.Parameter]:
+        """(A (r, V), B (D, r)): ΔWᵀ = scaling · B A."""
+        return self.lora_embedding_A, self.lora_embedding_B
 
     def delta_weight(self) -> torch.Tensor:
         return (self.lora_embedding_B @ self.lora_embedding_A).T * self.scaling  # (V, D)
