@@ -21,7 +21,7 @@ from peftlab.io.adapter_files import adapter_tensors
 from tests.tiny_models import MODELS, TinyModel
 
 pytest.importorskip("peft")
-from peft import IA3Config, LoraConfig, get_peft_model
+from peft import IA3Config, LoraConfig, PeftModel, get_peft_model
 
 TINY = {m.name: m for m in MODELS}
 BERT, GPT2, CONVNET = TINY["bert"], TINY["gpt2"], TINY["convnet"]
@@ -109,7 +109,8 @@ def test_ia3_linear_matches_hf(tmp_path: Path) -> None:
 
 
 def test_cat_is_the_exact_weighted_sum_of_updates(tmp_path: Path) -> None:
-    """cat's update is Σ w_i ΔW_i at every site, and the combined adapter saves and reloads with the same outputs."""
+    """cat's update is Σ w_i ΔW_i at every site; the combined adapter's files give the same outputs in both
+    libraries."""
     _, ours = both_libraries(BERT, MIXED, tmp_path)
     ours.add_weighted_adapter(["one", "two"], WEIGHTS, "mix", combination_type="cat")
     for path, (site, _) in ours.site_adapters("mix").items():
@@ -122,8 +123,10 @@ def test_cat_is_the_exact_weighted_sum_of_updates(tmp_path: Path) -> None:
         out = BERT.run(ours)
     ours.save(tmp_path / "ours", adapter_names=["mix"])
     reloaded = peftlab.load(BERT.make(), tmp_path / "ours" / "mix").eval()
+    in_hf = PeftModel.from_pretrained(BERT.make(), tmp_path / "ours" / "mix").eval()
     with torch.no_grad():
         torch.testing.assert_close(BERT.run(reloaded), out, atol=ATOL, rtol=0)
+        torch.testing.assert_close(BERT.run(in_hf), out, atol=ATOL, rtol=0)
 
 
 def test_negative_weight_removes_an_adapter(tmp_path: Path) -> None:
