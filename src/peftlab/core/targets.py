@@ -24,7 +24,8 @@ ALL_LINEAR = "all-linear"
 # Module names (last component, or first for a head block) of output heads: never picked by "all-linear" or by default.
 HEAD_NAMES = ("lm_head", "classifier", "score", "qa_outputs", "cls", "head")
 AUTO_SAVED_HEADS = ("classifier", "score")
-_LAYER_INDEX = re.compile(r"(?:^|\.)(?:layers|layer|h|blocks|block|encoder_layers|stages)\.(\d+)(?:\.|$)")
+LAYER_CONTAINERS = ("layers", "layer", "h", "blocks", "block", "encoder_layers", "stages")
+_LAYER_INDEX = re.compile(rf"(?:^|\.)(?:{'|'.join(LAYER_CONTAINERS)})\.(\d+)(?:\.|$)")
 
 
 def linear_types() -> tuple[type, ...]:
@@ -129,9 +130,10 @@ def select_modules(model: nn.Module, config: MethodConfig) -> dict[str, nn.Modul
     unsupported = {n: m for n, m in selected.items() if not config.supports(m)}
     if unsupported and not by_type:
         name, module = next(iter(unsupported.items()))
-        suggestions = _supported_names(named, config, name)
-        hint = (f"Name the layers inside it instead, e.g. {suggestions}" if suggestions
-                else f"No module of this model is of a kind {config.card.id} supports.")
+        inside = [n for n, m in named if n.startswith(name + ".") and config.supports(m)][:5]
+        hint = (f"Name the layers inside it instead, e.g. {inside}" if inside
+                else f"{config.card.name} adapts {config.card.inserted_at}; peftlab has no {config.card.name} for "
+                     f"{_kind(module)} layers, so leave them out of the targets.")
         raise TargetError(
             f"{config.card.id} cannot adapt {name!r} ({_kind(module)}); "
             f"{len(unsupported)} matched module(s) are of a kind it does not support. {hint}")
@@ -145,11 +147,6 @@ def _kind(module: nn.Module) -> str:
     """The module's type, with its groups when it is a grouped convolution (which LoRA and DoRA do not adapt)."""
     groups = getattr(module, "groups", 1)
     return type(module).__name__ + (f", groups={groups}" if isinstance(groups, int) and groups != 1 else "")
-
-
-def _supported_names(named: list[tuple[str, nn.Module]], config: MethodConfig, prefix: str) -> list[str]:
-    inside = [n for n, m in named if n.startswith(prefix + ".") and config.supports(m)]
-    return inside[:5] or [n for n, m in named if config.supports(m)][:5]
 
 
 def _nothing_matched(config: MethodConfig, targets: TargetSpec, named: list[tuple[str, nn.Module]]) -> str:

@@ -21,8 +21,9 @@ from safetensors.torch import save_file
 import peftlab
 from peftlab.core.config import MethodConfig
 from peftlab.core.layer import export_state, import_state
+from peftlab.core.model_inputs import hf_task_type
 from peftlab.core.registry import method_for_file_type
-from peftlab.core.targets import stores_weight_transposed
+from peftlab.core.targets import AUTO_SAVED_HEADS, stores_weight_transposed
 from peftlab.errors import AdapterLoadError, ConfigError, PeftlabError
 from peftlab.io.atomic import atomic_path, write_text_atomic
 
@@ -58,7 +59,10 @@ def save_adapter(model: AdaptedModel, name: str, folder: Path) -> None:
     extra = getattr(model.model_adapters[name], "file_config", None) if name in model.model_adapters else None
     if extra is not None:
         file_config.update(extra())
-    file_config["base_model_name_or_path"] = getattr(getattr(model.base_model, "config", None), "_name_or_path", None)
+    hf_config = getattr(model.base_model, "config", None)
+    file_config["base_model_name_or_path"] = getattr(hf_config, "_name_or_path", None)
+    if file_config.get("task_type") is None and hf_config is not None:
+        file_config["task_type"] = _task_type(model.base_model, saved)
     tensors = {k: v.detach().to("cpu").contiguous().clone() for k, v in adapter_tensors(model, name).items()}
     # Our own keys go to the safetensors metadata: Hugging Face PEFT warns about unknown adapter_config.json keys.
     metadata = {"format": "pt", "peftlab_config": json.dumps(config.to_dict()), "peftlab_version": peftlab.__version__}
@@ -68,12 +72,25 @@ def save_adapter(model: AdaptedModel, name: str, folder: Path) -> None:
     write_text_atomic(folder / CONFIG_NAME, json.dumps(file_config, indent=2, sort_keys=True) + "\n")
 
 
+def _task_type(base: torch.nn.Module, saved: list[str]) -> str | None:
+    """The task_type that lets Hugging Face PEFT's AutoPeftModel* classes pick the model class. HF PEFT's
+    classification tasks expect the head's tensors in the file, so without a saved head the field stays empty."""
+    task = hf_task_type(base)
+    has_head = any(path.split(".")[-1] in AUTO_SAVED_HEADS for path in saved)
+    return None if task in ("SEQ_CLS", "TOKEN_CLS") and not has_head else task
+
+
 def read_adapter_config(folder: Path) -> MethodConfig:
     """The method config stored in an adapter folder (ours or Hugging Face PEFT's)."""
     config_file, weights_file = folder / CONFIG_NAME, folder / WEIGHTS_NAME
     if not folder.is_dir():
         raise AdapterLoadError(f"{folder} is not a folder; pass the folder that holds {CONFIG_NAME}")
     if not config_file.is_file():
+        inside = sorted(p.name for p in folder.iterdir() if (p / CONFIG_NAME).is_file())
+        if inside:
+            raise AdapterLoadError(f"{folder} has no {CONFIG_NAME} of its own, but its subfolders {inside} hold "
+                                   f"adapters (Hugging Face PEFT saves an adapter not named 'default' in "
+                                   f"<folder>/<name>/); pass one of them, e.g. {folder / inside[0]}")
         raise AdapterLoadError(f"{folder} has no {CONFIG_NAME}; is this an adapter folder?")
     if not weights_file.is_file():
         found = ", ".join(p.name for p in folder.iterdir()) or "nothing"
@@ -93,7 +110,7 @@ def read_adapter_config(folder: Path) -> MethodConfig:
             raise AdapterLoadError(f"{config_file}: peft_type {peft_type!r} is not a method peftlab implements "
                                    f"(peftlab has: {', '.join(peftlab.methods())})")
         return config_cls.from_file_config(data)
-    except ConfigError as err:
+    except (ConfigError, TypeError, ValueError) as err:  # a field of the wrong type or form
         raise AdapterLoadError(f"{config_file}: {err}") from None
 
 

@@ -24,7 +24,7 @@ from peftlab.core.bias_site import has_bias
 from peftlab.core.config import MethodConfig, check, check_range
 from peftlab.core.layer import BaseCall
 from peftlab.core.registry import register
-from peftlab.core.targets import linear_types, stores_weight_transposed
+from peftlab.core.targets import LAYER_CONTAINERS, linear_types, stores_weight_transposed
 from peftlab.core.typology import AttachKind, MethodCard
 from peftlab.kernels.lora_linear import lora_linear
 
@@ -308,22 +308,41 @@ class LoRAEmbedding(nn.Module):
 
 
 # --- Hugging Face PEFT's adapter_config.json ----------------------------------------------------------------------
+# Initialisations that rewrite the base weights (PiSSA, OLoRA, CorDA, LoftQ): their files only fit the changed base.
+_BASE_CHANGING_INITS = ("pissa", "olora", "corda", "loftq")
 _HF_UNSUPPORTED = ("lora_bias", "use_qalora", "target_parameters", "trainable_token_indices", "layer_replication",
                    "megatron_config", "use_bdlora", "alora_invocation_tokens", "arrow_config", "kasa_config",
                    "monteclora_config", "velora_config")
 
 
 def lora_to_file_config(config: LoRA, sites: list[str], saved: list[str]) -> dict:
-    """Hugging Face PEFT LoraConfig fields for a LoRA/DoRA config whose sites have been resolved."""
+    """Hugging Face PEFT LoraConfig fields for a LoRA/DoRA config whose sites have been resolved.
+
+    rank_pattern and alpha_pattern are written resolved, one escaped full module path per site that differs from r
+    and alpha: the JSON file's keys are sorted, and a sorted pattern list could change which pattern matches first.
+    """
     init = {"default": True, "gaussian": "gaussian", "random": False}[config.init]
+    ranks = {re.escape(p): r for p in sites if (r := int(pattern_value(config.rank_pattern, p, config.r))) != config.r}
+    alphas = {re.escape(p): a for p in sites
+              if (a := pattern_value(config.alpha_pattern, p, config.alpha)) != config.alpha}
     return {
         "peft_type": "LORA", "task_type": None, "r": config.r, "lora_alpha": config.alpha,
         "lora_dropout": config.dropout, "bias": config.bias, "use_rslora": config.use_rslora,
         "use_dora": config.card.id == "dora", "target_modules": sorted(sites), "modules_to_save": saved or None,
-        "rank_pattern": dict(config.rank_pattern), "alpha_pattern": dict(config.alpha_pattern),
+        "rank_pattern": ranks, "alpha_pattern": alphas,
         "fan_in_fan_out": bool(config.fan_in_fan_out), "init_lora_weights": init, "layers_to_transform": None,
         "layers_pattern": None, "exclude_modules": None, "inference_mode": True,
     }
+
+
+def _number(data: dict, key: str, default: float, kind: type) -> Any:
+    """data[key] as an int or float; ConfigError naming the field when it is not a number."""
+    from peftlab.errors import ConfigError
+
+    value = data.get(key, default)
+    if isinstance(value, bool) or not isinstance(value, (int, float)) or (kind is int and value != int(value)):
+        raise ConfigError(f"{key}={value!r} is not {'an integer' if kind is int else 'a number'}")
+    return kind(value)
 
 
 def lora_from_file_config(data: dict) -> LoRA:
@@ -334,16 +353,27 @@ def lora_from_file_config(data: dict) -> LoRA:
         if data.get(key) not in (None, False, {}, [], ()):
             raise AdapterLoadError(f"adapter_config.json sets {key}={data[key]!r}, a LoRA option peftlab does not "
                                    "implement; save the adapter without it")
+    init = data.get("init_lora_weights", True)
+    if isinstance(init, str) and init.startswith(_BASE_CHANGING_INITS):
+        raise AdapterLoadError(
+            f"adapter_config.json sets init_lora_weights={init!r}: such an adapter changed the base weights when it "
+            "was built, so it only fits that changed base. Convert it to a plain LoRA first (Hugging Face PEFT: "
+            "save_pretrained(..., path_initial_model_for_weight_conversion=...)), then load the converted folder")
+    pattern = data.get("layers_pattern")
+    patterns = [pattern] if isinstance(pattern, str) else list(pattern or [])
+    if data.get("layers_to_transform") is not None and any(p not in LAYER_CONTAINERS for p in patterns):
+        raise AdapterLoadError(f"adapter_config.json sets layers_pattern={pattern!r}; peftlab reads layer indices "
+                               f"after {', '.join(LAYER_CONTAINERS)} only. Save the adapter with its targets as full "
+                               "module names instead of layers_to_transform")
     targets = data.get("target_modules")
     if isinstance(targets, str) and targets != "all-linear":
         pass  # a regex, full match: same semantics
     elif targets is not None and not isinstance(targets, str):
         targets = tuple(targets)
     layers = data.get("layers_to_transform")
-    init = data.get("init_lora_weights", True)
     fields = dict(
-        targets=targets, r=int(data.get("r", 8)), alpha=float(data.get("lora_alpha", 8)),
-        dropout=float(data.get("lora_dropout", 0.0)), bias=data.get("bias", "none"),
+        targets=targets, r=_number(data, "r", 8, int), alpha=_number(data, "lora_alpha", 8, float),
+        dropout=_number(data, "lora_dropout", 0.0, float), bias=data.get("bias", "none"),
         use_rslora=bool(data.get("use_rslora", False)), rank_pattern=dict(data.get("rank_pattern") or {}),
         alpha_pattern=dict(data.get("alpha_pattern") or {}), fan_in_fan_out=bool(data.get("fan_in_fan_out")),
         init={"gaussian": "gaussian", False: "random"}.get(init, "default"),
