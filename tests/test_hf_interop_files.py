@@ -109,3 +109,21 @@ def test_unsupported_layer_kind_says_so(tmp_path: Path) -> None:
     get_peft_model(Net(), LoraConfig(r=4, target_modules=["c3"])).save_pretrained(tmp_path)
     with pytest.raises(peftlab.AdapterLoadError, match="peftlab has no LoRA for Conv3d layers"):
         peftlab.load(Net(), tmp_path)
+
+
+def test_edited_adapter_config_is_what_both_libraries_read(tmp_path: Path) -> None:
+    """Our folder carries our full config in the safetensors metadata; once someone edits adapter_config.json, the
+    JSON is the truth for peftlab as it is for HF PEFT."""
+    torch.manual_seed(0)
+    base = tiny_llama().eval()
+    peftlab.adapt(copy.deepcopy(base), peftlab.LoRA(r=4, alpha=8, targets=["q_proj", "v_proj"], init="random")
+                  ).save(tmp_path)
+    assert peftlab.load(copy.deepcopy(base), tmp_path).configs["default"].init == "random"  # metadata read
+    config = json.loads((tmp_path / "adapter_config.json").read_text())
+    config["lora_alpha"] = 32
+    (tmp_path / "adapter_config.json").write_text(json.dumps(config))
+    ours = peftlab.load(copy.deepcopy(base), tmp_path).eval()
+    hf = PeftModel.from_pretrained(copy.deepcopy(base), tmp_path).eval()
+    assert ours.configs["default"].alpha == 32
+    with torch.no_grad():
+        torch.testing.assert_close(ours(input_ids=IDS).logits, hf(input_ids=IDS).logits, atol=1e-5, rtol=0)

@@ -5,11 +5,13 @@ lora_magnitude_vector, a saved head's weight, ...; the prefix is the method conf
 model-level tensors (prompt_embeddings). A model-level adapter may add base-model-dependent entries to
 adapter_config.json through `file_config()`.
 Only JSON and safetensors are ever read. Our full config travels in the safetensors metadata ("peftlab_config"), so
-options Hugging Face PEFT lacks survive a round trip without adding unknown keys to adapter_config.json.
+options Hugging Face PEFT lacks survive a round trip without adding unknown keys to adapter_config.json. Once
+adapter_config.json is edited (its digest no longer matches the one in the metadata), the JSON file is read instead.
 """
 
 from __future__ import annotations
 
+import hashlib
 import json
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -65,7 +67,8 @@ def save_adapter(model: AdaptedModel, name: str, folder: Path) -> None:
         file_config["task_type"] = _task_type(model.base_model, saved)
     tensors = {k: v.detach().to("cpu").contiguous().clone() for k, v in adapter_tensors(model, name).items()}
     # Our own keys go to the safetensors metadata: Hugging Face PEFT warns about unknown adapter_config.json keys.
-    metadata = {"format": "pt", "peftlab_config": json.dumps(config.to_dict()), "peftlab_version": peftlab.__version__}
+    metadata = {"format": "pt", "peftlab_config": json.dumps(config.to_dict()), "peftlab_version": peftlab.__version__,
+                "peftlab_file_config_sha256": _digest(file_config)}
     folder.mkdir(parents=True, exist_ok=True)
     with atomic_path(folder / WEIGHTS_NAME) as tmp:
         save_file(tensors, str(tmp), metadata=metadata)
@@ -101,7 +104,7 @@ def read_adapter_config(folder: Path) -> MethodConfig:
     except json.JSONDecodeError as err:
         raise AdapterLoadError(f"{config_file} is not valid JSON: {err}") from None
     try:
-        ours = _metadata(weights_file).get("peftlab_config")
+        ours = _own_config(_metadata(weights_file), data)
         if ours is not None:
             return MethodConfig.from_dict(json.loads(ours))
         peft_type = data.get("peft_type")
@@ -112,6 +115,19 @@ def read_adapter_config(folder: Path) -> MethodConfig:
         return config_cls.from_file_config(data)
     except (ConfigError, TypeError, ValueError) as err:  # a field of the wrong type or form
         raise AdapterLoadError(f"{config_file}: {err}") from None
+
+
+def _digest(file_config: dict[str, Any]) -> str:
+    return hashlib.sha256(json.dumps(file_config, sort_keys=True).encode()).hexdigest()
+
+
+def _own_config(metadata: dict[str, str], file_config: dict[str, Any]) -> str | None:
+    """Our full config from the metadata, unless adapter_config.json was edited since we wrote it: then the JSON
+    file is the truth, as it is for Hugging Face PEFT, and it is read as HF PEFT's."""
+    written = metadata.get("peftlab_file_config_sha256")
+    if written is not None and written != _digest(file_config):
+        return None
+    return metadata.get("peftlab_config")
 
 
 def _metadata(weights_file: Path) -> dict[str, str]:
@@ -125,7 +141,8 @@ def _metadata(weights_file: Path) -> dict[str, str]:
 def load_adapter_into(model: AdaptedModel, folder: Path, name: str) -> None:
     """Add the adapter stored in `folder` to `model` under `name`; on any mismatch nothing is left attached."""
     config = read_adapter_config(folder)
-    if "peftlab_config" not in _metadata(folder / WEIGHTS_NAME):
+    file_config = json.loads((folder / CONFIG_NAME).read_text(encoding="utf-8"))
+    if _own_config(_metadata(folder / WEIGHTS_NAME), file_config) is None:
         config = _present_modules_to_save(config, model.base_model)
     try:
         model.add_adapter(name, config)
