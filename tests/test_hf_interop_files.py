@@ -127,3 +127,19 @@ def test_edited_adapter_config_is_what_both_libraries_read(tmp_path: Path) -> No
     assert ours.configs["default"].alpha == 32
     with torch.no_grad():
         torch.testing.assert_close(ours(input_ids=IDS).logits, hf(input_ids=IDS).logits, atol=1e-5, rtol=0)
+
+
+def test_saved_embedding_copy_is_checked_not_refused(tmp_path: Path) -> None:
+    """HF PEFT saves the weight of an adapted embed_tokens / lm_head next to the adapter: accepted when it is the
+    model's own, refused by name when the adapter was trained on a changed base."""
+    torch.manual_seed(0)
+    base = tiny_llama().eval()
+    hf = get_peft_model(copy.deepcopy(base), LoraConfig(r=4, target_modules=["q_proj", "embed_tokens", "lm_head"],
+                                                        init_lora_weights=False)).eval()
+    hf.save_pretrained(tmp_path)
+    ours = peftlab.load(copy.deepcopy(base), tmp_path).eval()
+    with torch.no_grad():
+        torch.testing.assert_close(ours(input_ids=IDS).logits, hf(input_ids=IDS).logits, atol=1e-5, rtol=0)
+        base.model.embed_tokens.weight[0] += 1.0
+    with pytest.raises(peftlab.AdapterLoadError, match="differs from this model's"):
+        peftlab.load(base, tmp_path)

@@ -184,6 +184,7 @@ def _load_tensors(model: AdaptedModel, name: str, weights_file: Path) -> None:
     with safe_open(str(weights_file), framework="pt") as handle:
         file_keys = [k for k in handle.keys() if not k.startswith(skipped)]  # noqa: SIM118  (not a dict)
         expected = adapter_tensors(model, name)
+        file_keys = [k for k in file_keys if not _is_base_copy(k, handle, model, name, expected)]
         for key in file_keys:
             if key not in expected:
                 raise AdapterLoadError(f"{weights_file.name}: tensor {key!r} has no place in this model"
@@ -208,6 +209,26 @@ def _load_tensors(model: AdaptedModel, name: str, weights_file: Path) -> None:
         adapter = model.model_adapters[name]
         own = {k: v for k, v in tensors.items() if not k.startswith(prefix)}
         import_state(adapter, _on(own, adapter), model.base_model)
+
+
+def _is_base_copy(key: str, handle: Any, model: AdaptedModel, name: str, expected: dict[str, torch.Tensor]) -> bool:
+    """Whether `key` is Hugging Face PEFT's copy of an adapted embedding's or output head's own weight
+    (save_embedding_layers: "<path>.base_layer.weight"). A copy equal to the model's weight is skipped; one that
+    differs means the adapter was trained on a changed base (e.g. a resized vocabulary), which is refused."""
+    suffix = ".base_layer.weight"
+    if key in expected or not key.endswith(suffix):
+        return False
+    path = key[len(model.configs[name].file_prefix):-len(suffix)]
+    if model.site_kinds(name).get(path) != "method":
+        return False
+    weight = model.base_model.get_submodule(path).base_layer.weight
+    saved = handle.get_tensor(key)
+    if saved.shape == weight.shape and torch.allclose(saved.to(weight), weight.detach(), rtol=0, atol=1e-6):
+        return True
+    raise AdapterLoadError(f"{WEIGHTS_NAME}: {key!r} holds a copy of {path!r}'s own weight that differs from this "
+                           f"model's ({tuple(saved.shape)} against {tuple(weight.shape)}): the adapter was trained "
+                           "on a changed base (e.g. added tokens). Load that base model (resize its embeddings and "
+                           "load its weights), then the adapter")
 
 
 def _owner(key: str, model: AdaptedModel, name: str) -> str:
