@@ -143,3 +143,19 @@ def test_saved_embedding_copy_is_checked_not_refused(tmp_path: Path) -> None:
         base.model.embed_tokens.weight[0] += 1.0
     with pytest.raises(peftlab.AdapterLoadError, match="differs from this model's"):
         peftlab.load(base, tmp_path)
+
+
+def test_keys_with_the_adapter_name_load(tmp_path: Path) -> None:
+    """A plain state_dict export keeps the adapter's name in each key ("lora_A.default.weight"); HF PEFT reads it."""
+    from safetensors.torch import load_file, save_file
+
+    torch.manual_seed(0)
+    base = tiny_llama().eval()
+    hf = get_peft_model(copy.deepcopy(base), LoraConfig(r=4, target_modules=["q_proj"], init_lora_weights=False))
+    hf.save_pretrained(tmp_path)
+    weights = tmp_path / "adapter_model.safetensors"
+    save_file({k.replace(".weight", ".default.weight"): v for k, v in load_file(weights).items()}, weights,
+              metadata={"format": "pt"})
+    ours = peftlab.load(copy.deepcopy(base), tmp_path).eval()
+    with torch.no_grad():
+        torch.testing.assert_close(ours(input_ids=IDS).logits, hf.eval()(input_ids=IDS).logits, atol=1e-5, rtol=0)

@@ -185,6 +185,8 @@ def _load_tensors(model: AdaptedModel, name: str, weights_file: Path) -> None:
         file_keys = [k for k in handle.keys() if not k.startswith(skipped)]  # noqa: SIM118  (not a dict)
         expected = adapter_tensors(model, name)
         file_keys = [k for k in file_keys if not _is_base_copy(k, handle, model, name, expected)]
+        stored = {_without_adapter_name(k, expected): k for k in file_keys}  # our key -> the file's
+        file_keys = list(stored)
         for key in file_keys:
             if key not in expected:
                 raise AdapterLoadError(f"{weights_file.name}: tensor {key!r} has no place in this model"
@@ -192,11 +194,11 @@ def _load_tensors(model: AdaptedModel, name: str, weights_file: Path) -> None:
         for key, target in expected.items():
             if key not in file_keys:
                 raise AdapterLoadError(f"{weights_file.name}: tensor {key!r} is missing from the file")
-            shape = tuple(handle.get_slice(key).get_shape())
+            shape = tuple(handle.get_slice(stored[key]).get_shape())
             if shape != tuple(target.shape):
                 raise AdapterLoadError(f"{weights_file.name}: tensor {key!r} has shape {shape}, but this model needs "
                                        f"{tuple(target.shape)}; the adapter was made for a base model of another size")
-        tensors = {k: handle.get_tensor(k) for k in file_keys}
+        tensors = {k: handle.get_tensor(stored[k]) for k in file_keys}
     prefix = model.configs[name].file_prefix
     by_site: dict[str, dict[str, torch.Tensor]] = {}
     for key, value in tensors.items():
@@ -209,6 +211,20 @@ def _load_tensors(model: AdaptedModel, name: str, weights_file: Path) -> None:
         adapter = model.model_adapters[name]
         own = {k: v for k, v in tensors.items() if not k.startswith(prefix)}
         import_state(adapter, _on(own, adapter), model.base_model)
+
+
+def _without_adapter_name(key: str, expected: dict[str, torch.Tensor]) -> str:
+    """A key as a plain state_dict export writes it, with the adapter's name after the tensor's name
+    ("...q_proj.lora_A.default.weight"), mapped to the file key without it, as Hugging Face PEFT reads it."""
+    if key in expected:
+        return key
+    parts = key.split(".")
+    for i in range(1, len(parts)):
+        if parts[i - 1].startswith(("lora_", "ia3_")):
+            candidate = ".".join(parts[:i] + parts[i + 1:])
+            if candidate in expected:
+                return candidate
+    return key
 
 
 def _is_base_copy(key: str, handle: Any, model: AdaptedModel, name: str, expected: dict[str, torch.Tensor]) -> bool:
