@@ -86,5 +86,5 @@ def test_dora_conv_dropout_is_the_equation() -> None:
 
 def test_dora_grouped_conv_is_refused_at_config_time() -> None:
     grouped = nn.Sequential(nn.Conv2d(4, 4, 3, groups=2))
-    with pytest.raises(peftlab.TargetError, match=r"cannot adapt '0' \(Conv2d, groups=2\).*No module of this model"):
+    with pytest.raises(peftlab.TargetError, match=r"cannot adapt '0' \(Conv2d, groups=2\).*peftlab has no DoRA"):
         peftlab.adapt(grouped, peftlab.DoRA(targets=["0"]))

@@ -61,7 +61,7 @@ def test_adapter_state_errors() -> None:
 def test_saving_onto_a_file_and_adapting_a_non_module_fail_at_the_call(tmp_path: Path) -> None:
     model = peftlab.adapt(tiny_bert(), peftlab.LoRA())
     (tmp_path / "taken").write_text("not a folder")
-    with pytest.raises(peftlab.AdapterSaveError, match="it is a file; pass a folder path"):
+    with pytest.raises(peftlab.AdapterSaveError, match="taken is a file; pass a folder path"):
         model.save(tmp_path / "taken")
     assert (tmp_path / "taken").read_text() == "not a folder"
     for call in (lambda: peftlab.adapt("bert", peftlab.LoRA()), lambda: peftlab.load("bert", tmp_path)):

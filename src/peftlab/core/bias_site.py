@@ -24,6 +24,8 @@ class BiasDelta(nn.Module):
     Face PEFT stores the biases that LoRA's bias="all" trains outside the targets.
     """
 
+    additive = True  # y = base(x) + Δb
+
     def __init__(self, module: nn.Module, absolute_in_files: bool = False) -> None:
         super().__init__()
         self.bias_delta = nn.Parameter(torch.zeros_like(module.bias))

@@ -134,7 +134,12 @@ class AdaptedModel(nn.Module):
 
     def set_adapter(self, adapter_name: str | Sequence[str]) -> None:
         """Make one adapter (or several, applied together) active and trainable; the others are frozen."""
-        names = (adapter_name,) if isinstance(adapter_name, str) else tuple(adapter_name)
+        names = _names(adapter_name)
+        if not names:
+            raise AdapterStateError(f"set_adapter needs at least one adapter name; this model has {self.adapters}")
+        if len(set(names)) != len(names):
+            raise AdapterStateError(f"set_adapter got {list(names)}, which names an adapter twice; each active "
+                                    "adapter runs once, so name it once")
         for name in names:
             self._require(name)
         self._active = names
@@ -178,10 +183,10 @@ class AdaptedModel(nn.Module):
 
     def delete_adapter(self, adapter_name: str) -> None:
         self._require(adapter_name)
+        if adapter_name in self.merged_adapters:
+            raise AdapterStateError(f"adapter {adapter_name!r} is merged; call unmerge() before deleting it")
         for path in self._sites.pop(adapter_name):
             layer: AdaptedLayer = self.base_model.get_submodule(path)
-            if adapter_name in layer.merged:
-                raise AdapterStateError(f"adapter {adapter_name!r} is merged; call unmerge() before deleting it")
             del layer.adapters[adapter_name]
             if not len(layer.adapters):
                 attach.unwrap(self.base_model, path)
@@ -263,13 +268,22 @@ class AdaptedModel(nn.Module):
                 owners.setdefault(id(param), []).append(path)
         return owners
 
-    def merge_adapter(self, adapter_names: Sequence[str] | None = None) -> None:
-        """Fold adapters (default: the active ones) into the base weights, in place; `unmerge()` undoes it."""
-        names = tuple(adapter_names) if adapter_names is not None else self._active
+    def merge_adapter(self, adapter_names: str | Sequence[str] | None = None) -> None:
+        """Fold adapters (default: the active ones) into the base weights, in place; `unmerge()` undoes it.
+
+        Stacked adapters fold innermost first (the last active one first), so the merged model computes what the
+        unmerged stack did. A stack that no fold order reproduces is refused (see `_check_stack`).
+        """
+        names = _names(adapter_names) if adapter_names is not None else self._active
         self._check_mergeable(names)
+        inner_first = sorted(names, key=lambda n: -self._active.index(n) if n in self._active else -len(self._active))
+        layers = attach.adapted_layers(self.base_model)
         for name in names:
             for path in self._sites[name]:
-                self.base_model.get_submodule(path).merge(name)
+                _check_stack(layers[path], self._active, set(names), path)
+        for name in inner_first:
+            for path in self._sites[name]:
+                layers[path].merge(name)
         self._refresh()
 
     def unmerge(self) -> None:
@@ -278,7 +292,7 @@ class AdaptedModel(nn.Module):
             layer.unmerge()
         self._refresh()
 
-    def merge_and_unload(self, adapter_names: Sequence[str] | None = None) -> nn.Module:
+    def merge_and_unload(self, adapter_names: str | Sequence[str] | None = None) -> nn.Module:
         """Fold the active adapters into the weights and return the plain base model (its own module types)."""
         self.merge_adapter(adapter_names)
         return self.unload()
@@ -328,7 +342,7 @@ class AdaptedModel(nn.Module):
         return "\n".join(lines)
 
     # --- files --------------------------------------------------------------------------------------------------
-    def save(self, path: str | Path, adapter_names: Sequence[str] | None = None) -> None:
+    def save(self, path: str | Path, adapter_names: str | Sequence[str] | None = None) -> None:
         """Write each adapter as adapter_config.json + adapter_model.safetensors (Hugging Face PEFT layout).
 
         The adapter named "default" goes to `path` itself, others to `path/<name>/`, as Hugging Face PEFT does.
@@ -336,10 +350,11 @@ class AdaptedModel(nn.Module):
         from peftlab.io.adapter_files import save_adapter
 
         path = Path(path)
-        if path.exists() and not path.is_dir():
-            raise AdapterSaveError(f"cannot save adapters to {path}: it is a file; pass a folder path (it is "
-                                   "created if missing)")
-        for name in adapter_names if adapter_names is not None else self.adapters:
+        blocking = next((p for p in (path, *path.parents) if p.exists()), None)
+        if blocking is not None and not blocking.is_dir():
+            raise AdapterSaveError(f"cannot save adapters to {path}: {blocking} is a file; pass a folder path (it "
+                                   "is created if missing)")
+        for name in _names(adapter_names) if adapter_names is not None else self.adapters:
             self._require(name)
             save_adapter(self, name, path if name == "default" else path / name)
 
@@ -355,6 +370,36 @@ class AdaptedModel(nn.Module):
 
     def get_base_model(self) -> nn.Module:
         return self.base_model
+
+
+def _names(value: str | Sequence[str]) -> tuple[str, ...]:
+    """One adapter name or several, as a tuple; a plain string is one name, not its letters."""
+    if isinstance(value, str):
+        return (value,)
+    if not isinstance(value, Sequence) or not all(isinstance(v, str) for v in value):
+        raise AdapterStateError(f"expected an adapter name or a list of names, got {value!r}")
+    return tuple(value)
+
+
+def _check_stack(layer: AdaptedLayer, active: tuple[str, ...], merging: set[str], path: str) -> None:
+    """Folding `merging` innermost first reproduces the stack at this layer unless an adapter that stays unmerged
+    runs inside a merged one (exact only when both only add to the output: LoRA, BitFit, sparse deltas), or a
+    merged adapter whose update depends on the base weight (DoRA) has another adapter inside it."""
+    chain = [n for n in active if n in layer.adapters and n not in layer.merged]  # outermost first
+    for i, name in enumerate(chain):
+        if name not in merging:
+            continue
+        inner = chain[i + 1:]
+        site = layer.adapters[name]
+        if inner and getattr(site, "reads_base_weight", False):
+            raise AdapterStateError(f"cannot merge {name!r} at {path!r}: its update depends on the base weight, and "
+                                    f"{inner} run inside it there; activate {name!r} alone to merge it")
+        kept = [n for n in inner if n not in merging]
+        if kept and not (getattr(site, "additive", False)
+                         and all(getattr(layer.adapters[n], "additive", False) for n in kept)):
+            raise AdapterStateError(f"cannot merge {name!r} at {path!r} while {kept} stay unmerged inside it: the "
+                                    "result would differ from the unmerged model. Merge them together, e.g. "
+                                    "merge_adapter() for all active adapters")
 
 
 @functools.cache
@@ -380,23 +425,38 @@ def _require_module(model: object, function: str) -> None:
                         f"{type(model).__name__}")
 
 
+def _attach(model: nn.Module, function: str, add: Callable[[AdaptedModel], None]) -> AdaptedModel:
+    """The AdaptedModel for `model` after `add` ran on it. A base that an AdaptedModel already wraps is refused
+    (a second wrapper would share, and overwrite, the first one's adapters); when `add` fails, the base is left
+    as it was (trainable flags, hooks)."""
+    _require_module(model, function)
+    if isinstance(model, AdaptedModel):
+        add(model)
+        return model
+    if attach.adapted_layers(model):
+        raise AdapterStateError(f"this model is already adapted by an AdaptedModel; add adapters to that one "
+                                f"(model.add_adapter(name, config) / model.load_adapter(path, name)), or "
+                                f"peftlab.{function} a fresh copy of the base model")
+    trainable = {p: p.requires_grad for p in model.parameters()}
+    adapted = adapted_class(type(model))(model)
+    try:
+        add(adapted)
+    except BaseException:
+        adapted.unload()
+        for param, flag in trainable.items():
+            param.requires_grad_(flag)
+        raise
+    return adapted
+
+
 def adapt(model: nn.Module, config: MethodConfig, adapter_name: str = "default") -> AdaptedModel:
     """Freeze `model` and attach one adapter described by `config`; returns the AdaptedModel."""
-    _require_module(model, "adapt")
-    if isinstance(model, AdaptedModel):
-        model.add_adapter(adapter_name, config)
-        return model
-    adapted = adapted_class(type(model))(model)
-    adapted.add_adapter(adapter_name, config)
-    return adapted
+    return _attach(model, "adapt", lambda adapted: adapted.add_adapter(adapter_name, config))
 
 
 def load(model: nn.Module, path: str | Path, adapter_name: str = "default") -> AdaptedModel:
     """Attach the adapter stored at `path` (peftlab or Hugging Face PEFT files) to `model`."""
-    _require_module(model, "load")
-    adapted = model if isinstance(model, AdaptedModel) else adapted_class(type(model))(model)
-    adapted.load_adapter(path, adapter_name)
-    return adapted
+    return _attach(model, "load", lambda adapted: adapted.load_adapter(path, adapter_name))
 
 
 __all__ = ["AdaptedModel", "adapt", "load"]

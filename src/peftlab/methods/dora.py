@@ -56,6 +56,9 @@ class DoRA(LoRA):
 class DoRALinear(LoRALinear):
     """LoRA site plus `lora_magnitude_vector` (d_out,). Merging keeps the norm factor to unmerge exactly."""
 
+    additive = False
+    reads_base_weight = True  # the update rescales by ‖W + c B A‖: folding it needs W alone underneath
+
     def __init__(self, module: nn.Module, r: int, scaling: float, dropout: float, init: str, transposed: bool,
                  train_bias: bool) -> None:
         super().__init__(module, r, scaling, dropout, init, transposed, train_bias)
@@ -121,6 +124,9 @@ class DoRALinear(LoRALinear):
 
 class DoRAConv(LoRAConv):
     """LoRA conv site plus `lora_magnitude_vector` (1, C_out, 1[, 1]), initialised to each filter's norm."""
+
+    additive = False
+    reads_base_weight = True
 
     def __init__(self, module: nn.Conv1d | nn.Conv2d, r: int, scaling: float, dropout: float, init: str,
                  train_bias: bool) -> None:

@@ -150,6 +150,7 @@ class LoRABiasMixin:
     """
 
     bias_delta: nn.Parameter | None
+    additive = True  # y = base(x) + f(x): merges in any order with other additive adapters
 
     def _init_bias(self, module: nn.Module, train_bias: bool) -> None:
         self.bias_delta = nn.Parameter(torch.zeros_like(module.bias)) if train_bias else None
@@ -294,6 +295,8 @@ class LoRAEmbedding(nn.Module):
         rows = F.embedding(x, self.lora_embedding_A.T, emb.padding_idx, emb.max_norm, emb.norm_type,
                            emb.scale_grad_by_freq, emb.sparse)  # (..., r)
         return result + ((rows @ self.lora_embedding_B.T) * self.scaling).to(result.dtype)
+
+    additive = True
 
     def factors(self) -> tuple[nn.Parameter, nn.Parameter]:
         """(A (r, V), B (D, r)): ΔWᵀ = scaling · B A."""

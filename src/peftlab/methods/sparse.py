@@ -94,6 +94,8 @@ class SparseDelta(nn.Module):
     """Δ at k fixed entries of the module's weight: `sparse_values` (k,) trained, `sparse_indices` (k,) their flat
     positions."""
 
+    additive = True  # the module's output for W + Δ is base(x) plus its output for Δ alone
+
     def __init__(self, weight: torch.Tensor, k: int, indices: torch.Tensor | None) -> None:
         super().__init__()
         index_dtype = torch.int32 if weight.numel() < 2**31 else torch.int64  # int32 halves the saved indices
