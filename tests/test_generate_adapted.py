@@ -72,6 +72,8 @@ def test_generate_equals_uncached_greedy_loop(config: peftlab.MethodConfig) -> N
     tokens = _generate(model, ids, mask)
     assert tokens.shape == (2, ids.shape[1] + STEPS)
     assert torch.equal(tokens, _greedy_without_cache(model, ids, mask))
+    with torch.no_grad():  # generate's own uncached path: no cache may come back to be fed into the next step
+        assert torch.equal(model.generate(input_ids=ids, attention_mask=mask, use_cache=False, **SETTINGS), tokens)
     assert not torch.equal(tokens, base_tokens), "the adapter did not change the generation"
     with model.disable_adapters():
         assert torch.equal(_generate(model, ids, mask), base_tokens)
@@ -123,4 +125,6 @@ def test_generate_works_with_every_other_method(method_id: str) -> None:
                 param.add_(0.5 * torch.randn(param.shape, generator=torch.Generator().manual_seed(5)))
     tokens = _generate(model, ids, mask)
     assert torch.equal(tokens, _greedy_without_cache(model, ids, mask))
+    with torch.no_grad():  # generate's own uncached path: no cache may come back to be fed into the next step
+        assert torch.equal(model.generate(input_ids=ids, attention_mask=mask, use_cache=False, **SETTINGS), tokens)
     assert not torch.equal(tokens, base_tokens), "the adapter did not change the generation"

@@ -127,6 +127,7 @@ class PrefixAdapter(nn.Module):
         else:
             self.prompt_embeddings = nn.Parameter(torch.randn(n, width))  # N(0, 1), as Hugging Face PEFT
         object.__setattr__(self, "_model", model)  # a plain reference: not a submodule, not in the state
+        self._hide_cache = False  # this call's caller asked for no cache (use_cache=False)
 
     @property
     def reparameterized(self) -> bool:
@@ -146,6 +147,7 @@ class PrefixAdapter(nn.Module):
                                         "model.activation_checkpointing_disable()")
             batch, _ = batch_and_length(kw)
             cache = find_cache(kw)
+            self._hide_cache = cache is None and kw.get("use_cache") is False
             if cache is None:
                 from transformers import DynamicCache
 
@@ -156,6 +158,15 @@ class PrefixAdapter(nn.Module):
             self._write(cache, batch)
             note_virtual_tokens(cache, self.n)
         return (), shift_for_cached_virtual(kw, self.n)
+
+    def finish(self, output: Any) -> Any:
+        """With use_cache=False the caller gets no cache back, though the prefixes travelled in one: otherwise
+        generate(use_cache=False) would pass it on, and the next call would read as a continuation."""
+        if self._hide_cache and isinstance(output, Mapping):
+            for name in CACHE_ARGUMENTS:
+                if output.get(name) is not None:
+                    output[name] = None
+        return output
 
     def _write(self, cache: Any, batch: int) -> None:
         dtype = getattr(self._model, "dtype", None) or self.prefixes().dtype
