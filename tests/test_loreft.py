@@ -126,3 +126,12 @@ def test_site_is_a_plain_module_with_three_tensors() -> None:
     assert isinstance(site, ReFTSite)
     assert {k: tuple(v.shape) for k, v in site.export_state(module).items()} == {
         "proj.weight": (2, D), "source.weight": (2, D), "source.bias": (2,)}
+
+
+def test_runs_after_casting_to_half_precision() -> None:
+    """Casting the adapted model to bfloat16 casts R too; its QR runs in float32 (missing for bf16 on CPU)."""
+    torch.manual_seed(0)
+    model = peftlab.adapt(tiny_llama().eval(), peftlab.LoReFT(r=2)).to(torch.bfloat16)
+    with torch.no_grad():
+        logits = model(input_ids=torch.tensor([[1, 2, 3, 4]])).logits
+    assert logits.dtype == torch.bfloat16 and torch.isfinite(logits).all()

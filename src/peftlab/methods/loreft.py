@@ -153,10 +153,11 @@ class OrthonormalRows(nn.Module):
     """Parametrisation X (r, d) ↦ the orthonormal rows spanning X's rows (QR of Xᵀ, signs fixed: R ↦ R)."""
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        q, upper = torch.linalg.qr(x.T)  # (d, r), (r, r)
+        # QR in float32 at least: half-precision QR is missing on CPU and too inexact for orthonormal rows anyway.
+        q, upper = torch.linalg.qr(x.T.to(torch.promote_types(x.dtype, torch.float32)))  # (d, r), (r, r)
         signs = torch.sign(torch.diagonal(upper))
         signs = torch.where(signs == 0, torch.ones_like(signs), signs)
-        return (q * signs).T  # (d, r) -> (r, d)
+        return (q * signs).T.to(x.dtype)  # (d, r) -> (r, d)
 
     def right_inverse(self, rows: torch.Tensor) -> torch.Tensor:
         return rows
