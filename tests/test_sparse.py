@@ -86,7 +86,7 @@ def test_selections_choose_their_masks() -> None:
     assert len(mask(seed=3)) == k
 
 
-def test_gradient_selection_is_explicit_and_exact() -> None:
+def test_gradient_selection_is_explicit_and_exact(tmp_path: Path) -> None:
     base = BERT.make()
     g = torch.Generator().manual_seed(0)
     batches = [{**BERT.inputs(), "labels": torch.randint(0, 3, (2,), generator=g)} for _ in range(2)]
@@ -108,6 +108,9 @@ def test_gradient_selection_is_explicit_and_exact() -> None:
     _train(model, BERT, steps=1)
     with pytest.raises(peftlab.AdapterStateError, match="trained already"):
         select_by_gradient(model, batches)
+    model.save(tmp_path)  # the saved mask comes back on load: no selection needed there
+    with torch.no_grad():
+        torch.testing.assert_close(BERT.run(peftlab.load(BERT.make(), tmp_path)), BERT.run(model), atol=0, rtol=0)
     random = peftlab.adapt(BERT.make(), peftlab.SparseFT())
     with pytest.raises(peftlab.AdapterStateError, match="selection='gradient'"):
         select_by_gradient(random, batches)

@@ -126,6 +126,13 @@ def export_state(site: nn.Module, module: nn.Module) -> dict[str, torch.Tensor]:
     return custom(module) if custom is not None else dict(site.state_dict())
 
 
+def expected_state(site: nn.Module, module: nn.Module) -> dict[str, torch.Tensor]:
+    """The tensors (names, shapes) a load must supply for a freshly built site; `export_state` unless the site
+    cannot export before it is loaded (a site may define `expected_state`)."""
+    custom = getattr(site, "expected_state", None)
+    return custom(module) if custom is not None else export_state(site, module)
+
+
 def import_state(site: nn.Module, state: dict[str, torch.Tensor], module: nn.Module) -> None:
     """Inverse of `export_state`; shapes are checked by the caller."""
     custom = getattr(site, "import_state", None)

@@ -22,7 +22,7 @@ from safetensors.torch import save_file
 
 import peftlab
 from peftlab.core.config import MethodConfig
-from peftlab.core.layer import export_state, import_state
+from peftlab.core.layer import expected_state, export_state, import_state
 from peftlab.core.model_inputs import hf_task_type
 from peftlab.core.registry import method_for_file_type
 from peftlab.core.targets import AUTO_SAVED_HEADS, stores_weight_transposed
@@ -36,15 +36,16 @@ CONFIG_NAME = "adapter_config.json"
 WEIGHTS_NAME = "adapter_model.safetensors"
 
 
-def adapter_tensors(model: AdaptedModel, name: str) -> dict[str, torch.Tensor]:
-    """Every tensor of one adapter under its file key."""
+def adapter_tensors(model: AdaptedModel, name: str, expected: bool = False) -> dict[str, torch.Tensor]:
+    """Every tensor of one adapter under its file key (`expected`: the ones a load of it must supply)."""
     prefix = model.configs[name].file_prefix
+    state = expected_state if expected else export_state
     tensors: dict[str, torch.Tensor] = {}
     for path, (site, module) in model.site_adapters(name).items():
-        for key, value in export_state(site, module).items():
+        for key, value in state(site, module).items():
             tensors[f"{prefix}{path}.{key}"] = value
     if name in model.model_adapters:
-        tensors.update(export_state(model.model_adapters[name], model.base_model))
+        tensors.update(state(model.model_adapters[name], model.base_model))
     return tensors
 
 
@@ -183,7 +184,7 @@ def _load_tensors(model: AdaptedModel, name: str, weights_file: Path) -> None:
     skipped = _hf_wrapper_prefixes(model, name)
     with safe_open(str(weights_file), framework="pt") as handle:
         file_keys = [k for k in handle.keys() if not k.startswith(skipped)]  # noqa: SIM118  (not a dict)
-        expected = adapter_tensors(model, name)
+        expected = adapter_tensors(model, name, expected=True)
         file_keys = [k for k in file_keys if not _is_base_copy(k, handle, model, name, expected)]
         stored = {_without_adapter_name(k, expected): k for k in file_keys}  # our key -> the file's
         file_keys = list(stored)

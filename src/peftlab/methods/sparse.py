@@ -143,6 +143,10 @@ class SparseDelta(nn.Module):
         self._require_mask()
         return dict(self.state_dict())
 
+    def expected_state(self, module: nn.Module) -> dict[str, torch.Tensor]:
+        """A load supplies the values and the mask, so a site still waiting for its mask can receive one."""
+        return dict(self.state_dict())
+
     def import_state(self, state: dict[str, torch.Tensor], module: nn.Module) -> None:
         self.load_state_dict(state)
         self.has_mask = True
