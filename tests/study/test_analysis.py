@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from pathlib import Path
+
 import pytest
 
 from peftlab.study.analysis import best_balance, best_under, pareto, summarise
@@ -56,3 +58,14 @@ def test_report_header_gives_the_tasks_input_size() -> None:
     assert "steps of batch 16 (64x64 px) for every method" in _header(image, [image], None)[1].text
     older = {key: value for key, value in image.items() if key != "task_info"}
     assert "steps of batch 16 (max length 64) for every method" in _header(older, [older], None)[1].text
+
+
+def test_a_torn_last_line_does_not_swallow_the_next_record(tmp_path: Path) -> None:
+    """A crash mid-write leaves a line without its end; the next run's record must still be read."""
+    from peftlab.study.results import RESULTS_FILE, append_record, load_records
+
+    append_record(tmp_path, {"run_id": "a", "status": "ok"})
+    with open(tmp_path / RESULTS_FILE, "a", encoding="utf-8") as handle:
+        handle.write('{"run_id": "b", "sta')  # torn
+    append_record(tmp_path, {"run_id": "b", "status": "ok"})
+    assert sorted(r["run_id"] for r in load_records(tmp_path)) == ["a", "b"]

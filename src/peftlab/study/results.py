@@ -7,6 +7,7 @@ import os
 from pathlib import Path
 from typing import Any
 
+from peftlab.io.atomic import write_text_atomic
 from peftlab.study.errors import StudyError
 from peftlab.study.plan import StudyConfig
 
@@ -16,9 +17,16 @@ SCHEMA_VERSION = 1
 
 
 def append_record(out: Path, record: dict[str, Any]) -> None:
-    """Append one run's record and fsync, so an interrupted study loses at most the run in progress."""
-    with open(out / RESULTS_FILE, "a", encoding="utf-8") as handle:
-        handle.write(json.dumps(record, sort_keys=True, allow_nan=True) + "\n")
+    """Append one run's record and fsync, so an interrupted study loses at most the run in progress. A torn last
+    line (a crash mid-write) is ended first, so that it cannot swallow this record."""
+    path = out / RESULTS_FILE
+    torn = False
+    if path.exists() and path.stat().st_size:
+        with open(path, "rb") as existing:
+            existing.seek(-1, os.SEEK_END)
+            torn = existing.read(1) != b"\n"
+    with open(path, "a", encoding="utf-8") as handle:
+        handle.write(("\n" if torn else "") + json.dumps(record, sort_keys=True, allow_nan=True) + "\n")
         handle.flush()
         os.fsync(handle.fileno())
 
@@ -44,7 +52,7 @@ def load_records(out: Path) -> list[dict[str, Any]]:
 def save_study(out: Path, study: StudyConfig) -> None:
     """Write study.json (what `peftlab report` rebuilds from)."""
     out.mkdir(parents=True, exist_ok=True)
-    (out / STUDY_FILE).write_text(json.dumps(study.to_dict(), indent=2), encoding="utf-8")
+    write_text_atomic(out / STUDY_FILE, json.dumps(study.to_dict(), indent=2))
 
 
 def load_study(out: Path) -> StudyConfig | None:
