@@ -43,3 +43,20 @@ def test_an_unavailable_device_is_named_with_the_available_ones(tmp_path: Path) 
 def test_task_spec_counts_are_checked_on_construction() -> None:
     with pytest.raises(StudyError, match="--test-size must be >= 1, got 0"):
         TaskSpec("sentiment", test_size=0)
+
+
+@pytest.mark.parametrize(("options", "message"), [
+    (("--methods", ","), "--methods is empty"),
+    (("--methods", "lora", "--lr", "lroa=1e-3"), r"--lr names \['lroa'\], which the study does not run"),
+    (("--methods", "lora", "--train-sizes", "16,16"), "lists a size twice"),
+    (("--methods", "lora", "--run-timeout", "0"), "--run-timeout must be a positive number"),
+])
+def test_options_that_would_run_nothing_or_be_ignored_are_refused(tmp_path: Path, options: tuple[str, ...],
+                                                                   message: str) -> None:
+    out = tmp_path / "study"
+    with pytest.raises(StudyError, match=message):
+        run_cli("compare", *MINI, *options, "--out", str(out))
+    assert not out.exists()
+    (tmp_path / "file").write_text("x")
+    with pytest.raises(StudyError, match="is a file; pass a folder"):
+        run_cli("compare", *MINI, "--methods", "lora", "--out", str(tmp_path / "file"))

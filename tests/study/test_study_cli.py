@@ -66,3 +66,8 @@ def test_mini_study_resume_and_failures(tmp_path: Path) -> None:
     assert run_cli("report", str(out), "--budget", "params=1k") == 0
     md = (out / "report.md").read_text()
     assert "## Failed runs" in md and "non-finite" in md and f"| {NO_TARGET} |" in md
+
+
+def test_a_study_in_which_no_run_succeeded_fails_the_command(tmp_path: Path) -> None:
+    assert run_cli("compare", *MINI, "--methods", NO_TARGET, "--out", str(tmp_path / "study")) == 1
+    assert read_results(tmp_path / "study")[0]["status"] == "failed"

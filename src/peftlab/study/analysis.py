@@ -140,11 +140,19 @@ def best_under(summaries: Sequence[Summary], budgets: Sequence[Budget], higher_i
 
 
 def delta_vs_full(record: dict[str, Any], records: list[dict[str, Any]]) -> float | None:
-    """Test metric minus that of full fine-tuning with the same task, model, train size and seed (if recorded)."""
+    """Test metric minus that of full fine-tuning run under the same task spec, settings, train size and seed (if
+    recorded; a folder may hold runs of studies with other settings)."""
     if record.get("status") != "ok":
         return None
     for other in records:
         if (other.get("method_id") == "full" and other.get("status") == "ok"
-                and all(other.get(k) == record.get(k) for k in ("task", "model", "train_size", "seed", "steps"))):
+                and all(other.get(k) == record.get(k) for k in ("task", "model", "train_size", "seed", "steps"))
+                and _setting(other) == _setting(record)):
             return record["test_metric"] - other["test_metric"]
     return None
+
+
+def _setting(record: dict[str, Any]) -> Any:
+    """What a run was run under, apart from its method: the task spec and the run settings."""
+    run = record.get("config", {}).get("run", {})
+    return run.get("task"), run.get("settings")

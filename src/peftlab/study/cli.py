@@ -86,10 +86,14 @@ def study_from_args(args: argparse.Namespace) -> StudyConfig:
                            threads=args.threads)
     methods = resolve_methods([m for m in args.methods.split(",") if m.strip()], parse_lr_overrides(args.lr))
     budget = tuple(b.text for b in parse_budgets(args.budget))
-    if args.seeds < 1:
-        from peftlab.study.errors import StudyError
+    from peftlab.study.errors import StudyError
 
+    if args.seeds < 1:
         raise StudyError(f"--seeds must be >= 1, got {args.seeds}")
+    if args.run_timeout is not None and not args.run_timeout > 0:
+        raise StudyError(f"--run-timeout must be a positive number of seconds, got {args.run_timeout}")
+    if args.out.exists() and not args.out.is_dir():
+        raise StudyError(f"--out {args.out} is a file; pass a folder (it is created if missing)")
     return StudyConfig(task=task, methods=tuple(methods), train_sizes=parse_train_sizes(args.train_sizes),
                        seeds=tuple(range(args.seeds)), settings=settings, budget=budget)
 
@@ -100,13 +104,21 @@ def run_compare(args: argparse.Namespace) -> int:
     from peftlab.study.runner import run_study
 
     study = study_from_args(args)
-    records = run_study(study, args.out, progress=TqdmProgress(disable=args.no_progress),
-                        retry_failed=args.retry_failed, run_timeout=args.run_timeout)
+    try:
+        records = run_study(study, args.out, progress=TqdmProgress(disable=args.no_progress),
+                            retry_failed=args.retry_failed, run_timeout=args.run_timeout)
+    except KeyboardInterrupt:
+        from peftlab.study.results import load_records
+
+        done = len(load_records(args.out)) if args.out.is_dir() else 0
+        print(f"\ninterrupted; {done} run(s) recorded in {args.out}. Run the same command again to resume.")
+        return 130
     failed = sum(r["status"] != "ok" for r in records)
     print(f"{len(records) - failed} runs ok, {failed} failed; results in {args.out / 'results.jsonl'}")
+    code = 0 if len(records) > failed else 1  # a study in which no run succeeded fails the command
     if not args.no_report:
-        return _write_report(args.out, None)
-    return 0
+        return _write_report(args.out, None) or code
+    return code
 
 
 def run_report(args: argparse.Namespace) -> int:

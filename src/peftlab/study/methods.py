@@ -119,10 +119,17 @@ def resolve_methods(names: list[str], lr_overrides: Mapping[str, float]) -> list
         if default is not None and not named:
             method = dataclasses.replace(method, lr=default)
         methods.append(method)
+    if not methods:
+        raise StudyError("--methods is empty; name at least one method, e.g. --methods lora,full")
     labels = [m.label for m in methods]
     duplicates = sorted({x for x in labels if labels.count(x) > 1})
     if duplicates:
         raise StudyError(f"--methods lists {duplicates} more than once")
+    known = set(names) | {m.method_id for m in methods} | {"*"}
+    unused = sorted(set(lr_overrides) - known)
+    if unused:
+        raise StudyError(f"--lr names {unused}, which the study does not run (--methods: {', '.join(names)}); fix "
+                         "the name or add the method")
     return methods
 
 

@@ -126,6 +126,8 @@ def parse_train_sizes(text: str) -> tuple[int | None, ...]:
             raise StudyError(f"--train-sizes: {part!r} is not a positive integer or 'all'")
     if not sizes:
         raise StudyError("--train-sizes is empty")
+    if len(set(sizes)) != len(sizes):
+        raise StudyError(f"--train-sizes {text!r} lists a size twice; each size is one set of runs")
     return tuple(sizes)
 
 
