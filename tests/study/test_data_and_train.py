@@ -49,6 +49,44 @@ def test_user_files(tmp_path) -> None:
         read_task_file(tmp_path / "x.csv")
 
 
+def test_user_files_as_spreadsheets_and_scripts_write_them(tmp_path) -> None:
+    """A byte-order mark, spaces around labels and 1 against 1.0 are one class each; what cannot be a study's
+    data (one class, a row without its label, another encoding) is refused with the row or the fix."""
+    (tmp_path / "bom.csv").write_text("\ufefftext,label\ngood, pos\nbad,neg\nfine,pos \n", encoding="utf-8")
+    assert read_task_file(tmp_path / "bom.csv").label_names == ["neg", "pos"]
+    (tmp_path / "n.jsonl").write_text('{"text": "a", "label": 1}\n{"text": "b", "label": 1.0}\n'
+                                      '{"text": "c", "label": "0"}\n')
+    assert read_task_file(tmp_path / "n.jsonl").label_names == ["0", "1"]
+    for name, body, message in [
+        ("one.csv", "text,label\na,pos\nb,pos\n", "classification needs at least two classes"),
+        ("short.csv", "text,label\na,pos\nb\nc,neg\n", "row 2 has no label"),
+        ("null.jsonl", '{"text": "a", "label": "x"}\n{"text": "b", "label": null}\n', "row 2 has no label"),
+        ("list.jsonl", '{"text": "a", "label": "x"}\n[1, 2]\n', "2 is not a JSON object"),
+    ]:
+        (tmp_path / name).write_text(body)
+        with pytest.raises(StudyError, match=message):
+            read_task_file(tmp_path / name)
+    (tmp_path / "latin.csv").write_bytes("text,label\ncaf\xe9,pos\n".encode("latin-1"))
+    with pytest.raises(StudyError, match="is not UTF-8"):
+        read_task_file(tmp_path / "latin.csv")
+
+
+def test_an_edited_data_file_is_a_new_run(tmp_path) -> None:
+    from peftlab.study.methods import parse_method
+    from peftlab.study.plan import RunSettings, RunSpec
+    from peftlab.study.tasks.base import TaskSpec
+
+    path = tmp_path / "t.csv"
+    path.write_text("text,label\ngood,pos\nbad,neg\n")
+    spec = RunSpec(TaskSpec(str(path)), parse_method("lora", {}), 16, 0, RunSettings())
+    before = spec.run_id
+    assert spec.run_id == before
+    path.write_text("text,label\ngood,pos\nbad,neg\nok,pos\n")
+    assert spec.run_id != before
+    assert RunSpec(TaskSpec("sentiment"), parse_method("lora", {}), 16, 0, RunSettings()).run_id.startswith(
+        "sentiment-lora-n16-s0-")
+
+
 def _regression_batches():
     generator = torch.Generator().manual_seed(0)
     weight = torch.randn(8, 1, generator=generator)

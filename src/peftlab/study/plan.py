@@ -68,8 +68,11 @@ class RunSpec:
 
     @property
     def run_id(self) -> str:
-        body = json.dumps(self.to_dict(), sort_keys=True)
-        digest = hashlib.sha1(body.encode()).hexdigest()[:8]
+        identity = self.to_dict()
+        data = self.task.file_digest()
+        if data is not None:  # a user's data file: edited data is a new run, not a finished one
+            identity["data"] = data
+        digest = hashlib.sha1(json.dumps(identity, sort_keys=True).encode()).hexdigest()[:8]
         size = "all" if self.train_size is None else str(self.train_size)
         return f"{_slug(Path(self.task.name).stem)}-{_slug(self.method.label)}-n{size}-s{self.seed}-{digest}"
 

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import csv
+import io
 import json
 from pathlib import Path
 from typing import Any
@@ -11,25 +12,34 @@ from peftlab.study.data.examples import Labeled, LabeledData, PromptCompletion
 from peftlab.study.errors import StudyError
 
 FileData = LabeledData | list[PromptCompletion]
+DATA_FILE_SUFFIXES = (".csv", ".jsonl", ".ndjson")
 
 
 def read_rows(path: Path) -> list[dict[str, Any]]:
     """Rows of a .csv (header line) or .jsonl (one object a line) file."""
     if not path.exists():
         raise StudyError(f"data file {path} does not exist")
-    if path.suffix.lower() == ".csv":
-        with open(path, encoding="utf-8", newline="") as handle:
-            return list(csv.DictReader(handle))
-    if path.suffix.lower() in (".jsonl", ".ndjson"):
-        rows = []
-        for number, line in enumerate(path.read_text(encoding="utf-8").splitlines(), 1):
-            if line.strip():
-                try:
-                    rows.append(json.loads(line))
-                except json.JSONDecodeError as err:
-                    raise StudyError(f"{path}:{number} is not valid JSON: {err}") from None
-        return rows
-    raise StudyError(f"data file {path} must end in .csv or .jsonl")
+    suffix = path.suffix.lower()
+    if suffix not in DATA_FILE_SUFFIXES:
+        raise StudyError(f"data file {path} must end in .csv or .jsonl")
+    try:
+        text = path.read_text(encoding="utf-8-sig")  # -sig: a spreadsheet's byte-order mark is not a column name
+    except UnicodeDecodeError as err:
+        raise StudyError(f"data file {path} is not UTF-8 ({err.reason} at byte {err.start}); save it as "
+                         "UTF-8") from None
+    if suffix == ".csv":
+        return list(csv.DictReader(io.StringIO(text, newline="")))
+    rows = []
+    for number, line in enumerate(text.splitlines(), 1):
+        if line.strip():
+            try:
+                row = json.loads(line)
+            except json.JSONDecodeError as err:
+                raise StudyError(f"{path}:{number} is not valid JSON: {err}") from None
+            if not isinstance(row, dict):
+                raise StudyError(f"{path}:{number} is not a JSON object with named fields")
+            rows.append(row)
+    return rows
 
 
 def read_task_file(path: Path) -> FileData:
@@ -39,13 +49,40 @@ def read_task_file(path: Path) -> FileData:
         raise StudyError(f"data file {path} has no rows")
     columns = set(rows[0])
     if {"text", "label"} <= columns:
-        names = sorted({str(r["label"]) for r in rows}, key=_label_sort_key)
+        _require_fields(path, rows, ("text", "label"))
+        labels = [_label(r["label"]) for r in rows]
+        names = sorted(set(labels), key=_label_sort_key)
+        if len(names) < 2:
+            raise StudyError(f"data file {path}: every row has the label {names[0]!r}; classification needs at "
+                             "least two classes")
         index = {name: i for i, name in enumerate(names)}
-        return LabeledData([Labeled(str(r["text"]), index[str(r["label"])]) for r in rows], names)
+        return LabeledData([Labeled(str(r["text"]), index[label]) for r, label in zip(rows, labels)], names)
     if {"prompt", "completion"} <= columns:
+        _require_fields(path, rows, ("prompt", "completion"))
         return [PromptCompletion(str(r["prompt"]), str(r["completion"])) for r in rows]
     raise StudyError(f"data file {path} has columns {sorted(columns)}; expected text,label (classification) "
                      "or prompt,completion (causal language modelling)")
+
+
+def _require_fields(path: Path, rows: list[dict[str, Any]], fields: tuple[str, ...]) -> None:
+    """Every row has every field, not empty (a short CSV row reads as None, a JSONL row may lack a key)."""
+    for number, row in enumerate(rows, 1):
+        missing = [f for f in fields if row.get(f) is None or str(row.get(f)).strip() == ""]
+        if missing:
+            raise StudyError(f"data file {path}: row {number} has no {' or '.join(missing)}; fill it in or drop "
+                             "the row")
+
+
+def _label(value: Any) -> str:
+    """A label as a class name: surrounding spaces dropped, a whole float (1.0) read as its integer (1)."""
+    if isinstance(value, float) and value.is_integer():
+        value = int(value)
+    text = str(value).strip()
+    try:
+        number = float(text)
+    except ValueError:
+        return text
+    return str(int(number)) if number.is_integer() and "." in text else text
 
 
 def _label_sort_key(name: str) -> tuple[int, Any]:

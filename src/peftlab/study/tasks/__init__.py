@@ -61,7 +61,7 @@ def build_task(spec: TaskSpec) -> Task:
     """The task named by `spec.name`: a built-in task or a path to a .csv/.jsonl file."""
     if spec.name in BUILTIN_TASKS:
         return BUILTIN_TASKS[spec.name](spec)
-    if Path(spec.name).suffix.lower() in (".csv", ".jsonl", ".ndjson"):
+    if Path(spec.name).suffix.lower() in files.DATA_FILE_SUFFIXES:
         return _file_task(spec)
     raise StudyError(f"unknown task {spec.name!r}; built-in tasks: {', '.join(BUILTIN_TASKS)}, "
                      "or give a .csv (text,label / prompt,completion) or .jsonl file")

@@ -3,12 +3,16 @@
 from __future__ import annotations
 
 import dataclasses
+import functools
+import hashlib
 from collections.abc import Callable, Iterator, Sequence
+from pathlib import Path
 from typing import Any, Protocol, TypeVar
 
 import torch
 from torch import nn
 
+from peftlab.study.data.files import DATA_FILE_SUFFIXES
 from peftlab.study.data.split import Splits
 from peftlab.study.errors import StudyError
 
@@ -51,6 +55,14 @@ class TaskSpec:
 
     def to_dict(self) -> dict[str, Any]:
         return dataclasses.asdict(self)
+
+    def file_digest(self) -> str | None:
+        """SHA-1 of the data file's bytes when the task is a user's file (None for a built-in task)."""
+        path = Path(self.name)
+        if path.suffix.lower() not in DATA_FILE_SUFFIXES or not path.is_file():
+            return None
+        stat = path.stat()
+        return _digest(str(path.resolve()), stat.st_mtime_ns, stat.st_size)
 
 
 class Task(Protocol):
@@ -125,3 +137,9 @@ def resolve_sizes(spec: TaskSpec, test: int, validation: int) -> tuple[int, int]
     """The spec's held-out sizes, or the task's defaults."""
     return (spec.test_size if spec.test_size is not None else test,
             spec.validation_size if spec.validation_size is not None else validation)
+
+
+@functools.lru_cache(maxsize=32)
+def _digest(path: str, mtime_ns: int, size: int) -> str:
+    """The file's SHA-1 (cached per path, modification time and size: run ids are asked for often)."""
+    return hashlib.sha1(Path(path).read_bytes()).hexdigest()
