@@ -66,6 +66,13 @@ def test_mini_study_resume_and_failures(tmp_path: Path) -> None:
     assert run_cli("report", str(out), "--budget", "params=1k") == 0
     md = (out / "report.md").read_text()
     assert "## Failed runs" in md and "non-finite" in md and f"| {NO_TARGET} |" in md
+    assert "Incomplete study" not in md
+
+    # an interrupted study's report says which planned runs have not finished
+    results = out / "results.jsonl"
+    results.write_text(results.read_text().splitlines(keepends=True)[0])
+    assert run_cli("report", str(out)) == 0
+    assert "Incomplete study: 1 of 4 planned runs have finished." in (out / "report.md").read_text()
 
 
 def test_a_study_in_which_no_run_succeeded_fails_the_command(tmp_path: Path) -> None:

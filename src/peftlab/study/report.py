@@ -140,7 +140,7 @@ def build_report(out: Path, budget: Sequence[str] | None = None) -> tuple[Path, 
     metric, higher = info.get("metric", "accuracy"), info.get("higher_is_better", True)
     main_size = analysis.largest_size(summaries)
     main_rows = [s for s in summaries if s.train_size == main_size]
-    blocks = _header(info, records, study) + _tables(summaries, metric)
+    blocks = _header(info, records, study) + _pending(study, records) + _tables(summaries, metric)
     blocks += which_method(main_rows, metric, higher, budgets)
     blocks += figures(main_rows, summaries, metric, out / "plots")
     blocks += _failures(records)
@@ -165,6 +165,21 @@ def _header(info: dict[str, Any], records: list[dict[str, Any]], study: Any) -> 
             "or peak allocated memory on CUDA. Values are mean ± std over seeds; Δ vs full is the difference "
             "to full fine-tuning with the same seed and data.")
     return [Heading(f"peftlab study: {info['task']}", 1), Paragraph(text), Paragraph(note)]
+
+
+def _pending(study: Any, records: list[dict[str, Any]]) -> list[Block]:
+    """A warning when planned runs have no record yet (an interrupted study): the tables and the recommendation
+    cover the finished runs only."""
+    if study is None:
+        return []
+    done = {r["run_id"] for r in records}
+    missing = [run.run_id for run in study.runs() if run.run_id not in done]
+    if not missing:
+        return []
+    shown = ", ".join(f"`{m}`" for m in missing[:8]) + (f" and {len(missing) - 8} more" if len(missing) > 8 else "")
+    return [Paragraph(f"**Incomplete study: {len(done)} of {len(done) + len(missing)} planned runs have "
+                      f"finished.** The tables and the recommendation below cover those runs only. Not run yet: "
+                      f"{shown}. Run the same `peftlab compare` command again to finish the study.")]
 
 
 def _tables(summaries: Sequence[Summary], metric: str) -> list[Block]:
