@@ -20,6 +20,13 @@ from tests.tiny_models import tiny_bert
     ({"targets": "(unclosed"}, "not a valid regular expression"),
     ({"layers": [-1]}, "layer indices must be >= 0"),
     ({"targets": 5}, "targets must be a list"),
+    ({"r": True}, "r=True must be an integer"),
+    ({"alpha": "8"}, "alpha='8' must be a finite number"),
+    ({"alpha": float("inf")}, "alpha=inf must be a finite number"),
+    ({"dropout": None}, "dropout=None must be a finite number"),
+    ({"use_rslora": "yes"}, "use_rslora='yes' must be True or False"),
+    ({"rank_pattern": [1]}, r"rank_pattern=\[1\] must be a dict"),
+    ({"rank_pattern": {"[": 2}}, "key '\\[' is not a valid regular expression"),
 ])
 def test_invalid_config_fails_at_construction(fields: dict, message: str) -> None:
     with pytest.raises(peftlab.ConfigError, match=message) as info:

@@ -8,7 +8,11 @@ from __future__ import annotations
 
 import dataclasses
 import difflib
+import functools
+import math
 import re
+import types
+import typing
 from collections.abc import Iterable, Mapping, Sequence
 from typing import Any, ClassVar
 
@@ -101,7 +105,30 @@ class MethodConfig:
         if self.layers is not None:
             for index in self.layers:
                 check(index >= 0, "layers", f"layer indices must be >= 0, got {index}")
+        self._check_types()
         self.validate()
+
+    def _check_types(self) -> None:
+        """Each plain field holds its annotated type: an int field takes no bool or float, a float field a finite
+        number, a bool field only True/False, a dict field a mapping (other fields, strings included, are checked
+        by the method's validate: some accept several forms)."""
+        hints = _type_hints(type(self))
+        for field in dataclasses.fields(self):
+            value, hint = getattr(self, field.name), hints.get(field.name)
+            allowed = typing.get_args(hint) if typing.get_origin(hint) in (typing.Union, types.UnionType) else (hint,)
+            if value is None and type(None) in allowed:
+                continue
+            plain = [typing.get_origin(t) or t for t in allowed if t is not type(None)]
+            if len(plain) != 1 or plain[0] not in (int, float, bool, dict):
+                continue
+            kind = plain[0]
+            ok = {int: isinstance(value, int) and not isinstance(value, bool),
+                  float: isinstance(value, (int, float)) and not isinstance(value, bool)
+                  and math.isfinite(value),
+                  bool: isinstance(value, bool), dict: isinstance(value, Mapping)}[kind]
+            if not ok:
+                expected = {int: "an integer", float: "a finite number", bool: "True or False", dict: "a dict"}[kind]
+                raise ConfigError(f"{field.name}={value!r} must be {expected}")
 
     def _set(self, name: str, value: Any) -> None:
         object.__setattr__(self, name, value)
@@ -195,6 +222,11 @@ class MethodConfig:
     def replace(self, **changes: Any) -> MethodConfig:
         """A copy with some fields changed (validated again)."""
         return dataclasses.replace(self, **changes)
+
+
+@functools.cache
+def _type_hints(cls: type) -> dict[str, Any]:
+    return typing.get_type_hints(cls)
 
 
 def _jsonable(value: Any) -> Any:

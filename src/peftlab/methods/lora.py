@@ -26,6 +26,7 @@ from peftlab.core.layer import BaseCall
 from peftlab.core.registry import register
 from peftlab.core.targets import LAYER_CONTAINERS, linear_types, stores_weight_transposed
 from peftlab.core.typology import AttachKind, MethodCard
+from peftlab.errors import ConfigError
 from peftlab.kernels.lora_linear import lora_linear
 
 INITS = ("default", "gaussian", "random")
@@ -77,6 +78,12 @@ class LoRA(MethodConfig):
         check_range(self.dropout, "dropout", 0.0, 1.0, high_open=True)
         check(self.bias in BIASES, "bias", f"must be one of {BIASES}, got {self.bias!r}")
         check(self.init in INITS, "init", f"must be one of {INITS}, got {self.init!r}")
+        for key in (*self.rank_pattern, *self.alpha_pattern):
+            try:
+                re.compile(key)
+            except re.error as err:
+                raise ConfigError(f"rank_pattern/alpha_pattern key {key!r} is not a valid regular expression: {err}"
+                                  ) from None
         for key, rank in self.rank_pattern.items():
             check(isinstance(rank, int) and rank >= 1, "rank_pattern", f"{key!r}: rank must be an int >= 1")
         for key, alpha in self.alpha_pattern.items():
