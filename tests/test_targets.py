@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import pytest
+import torch
 
 import peftlab
 from tests.tiny_models import ConvNet, tiny_bert, tiny_gpt2
@@ -36,6 +37,12 @@ def test_all_linear_excludes_the_head() -> None:
 def test_types_layers_and_exclusions() -> None:
     convs = peftlab.adapt(ConvNet(), peftlab.LoRA(target_types=("Conv2d",)))
     assert _sites(convs) == {"conv1", "conv2"}
+
+    class SamePaddingConv(torch.nn.Conv2d):  # as EfficientNet's Conv2dStaticSamePadding
+        pass
+
+    net = torch.nn.Sequential(SamePaddingConv(3, 4, 3), torch.nn.ReLU(), torch.nn.Conv2d(4, 4, 1))
+    assert _sites(peftlab.adapt(net, peftlab.LoRA(target_types=("Conv2d",)))) == {"0", "2"}  # subclasses too
     only_layer_0 = peftlab.adapt(tiny_bert(), peftlab.LoRA(targets=["query", "value"], layers=[0]))
     assert _sites(only_layer_0) == {"bert.encoder.layer.0.attention.self.query",
                                     "bert.encoder.layer.0.attention.self.value"}

@@ -74,7 +74,8 @@ class MethodConfig:
 
     targets: None (the method's default), "all-linear", a regex string (full match on the module name), or a list of
         exact module names or name suffixes (Hugging Face PEFT semantics: "query" matches "...attention.self.query").
-    target_types: module class names to select (e.g. ("Conv2d",)); with `targets` too, both must match.
+    target_types: module class names to select, subclasses included (e.g. ("Conv2d",)); with `targets` too, both
+        must match.
     layers: only modules inside these layer indices (the N in "...layer.N..." / "...layers.N..." / "...h.N...").
     exclude: a regex string (full match) or a list of names/suffixes never to adapt.
     modules_to_save: modules trained in full and saved with the adapter (e.g. a new classification head). None means

@@ -117,8 +117,8 @@ def select_modules(model: nn.Module, config: MethodConfig) -> dict[str, nn.Modul
             hit = name_matches(name, targets)
         else:  # no targets and no default: every module the method supports, except the output head
             hit = not is_head(model, name, module)
-        if hit and config.target_types:
-            hit = type(module).__name__ in config.target_types
+        if hit and config.target_types:  # a type or any subclass of it (e.g. a Conv2d with "same" padding)
+            hit = any(cls.__name__ in config.target_types for cls in type(module).__mro__)
         if not hit:
             continue
         if config.layers is not None and layer_index(name) not in config.layers:
