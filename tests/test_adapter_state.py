@@ -125,3 +125,22 @@ def test_names_in_the_forms_users_write_them(tmp_path: Path) -> None:
         model.save(tmp_path / "file" / "sub")
     model.save(tmp_path / "ok", adapter_names="default")
     assert (tmp_path / "ok" / "adapter_config.json").is_file()
+
+
+@pytest.mark.parametrize("config", [LORA, peftlab.PrefixTuning(num_virtual_tokens=2)], ids=["lora", "prefix"])
+def test_an_adapted_model_pickles(config: peftlab.MethodConfig) -> None:
+    """torch.save(model) / pickle: the AdaptedModel class made for the base class is rebuilt on load, and the
+    model-level hooks (prefix tuning) point at the copy."""
+    import io
+    import pickle
+
+    model = peftlab.adapt(llama(), config)
+    buffer = io.BytesIO()
+    torch.save(model, buffer)
+    buffer.seek(0)
+    restored = torch.load(buffer, weights_only=False)
+    assert type(restored) is type(model)
+    torch.testing.assert_close(logits(restored), logits(model), atol=0, rtol=0)
+    torch.testing.assert_close(logits(pickle.loads(pickle.dumps(model))), logits(model), atol=0, rtol=0)
+    with restored.disable_adapters():
+        torch.testing.assert_close(logits(restored), logits(llama()), atol=0, rtol=0)

@@ -371,6 +371,10 @@ class AdaptedModel(nn.Module):
     def get_base_model(self) -> nn.Module:
         return self.base_model
 
+    def __reduce_ex__(self, protocol: Any) -> tuple:
+        """Pickling (torch.save(model), multiprocessing): the class made for the base class is rebuilt on load."""
+        return _new_adapted, (type(self._modules["base_model"]),), self.__dict__
+
 
 def _names(value: str | Sequence[str]) -> tuple[str, ...]:
     """One adapter name or several, as a tuple; a plain string is one name, not its letters."""
@@ -417,6 +421,11 @@ def adapted_class(base_cls: type) -> type[AdaptedModel]:
         return self.base_model(*args, **kwargs)
 
     return type(f"Adapted{base_cls.__name__}", (AdaptedModel,), {"forward": forward, "__module__": __name__})
+
+
+def _new_adapted(base_cls: type) -> AdaptedModel:
+    """An empty instance of the AdaptedModel class for `base_cls`; pickle restores its state."""
+    return nn.Module.__new__(adapted_class(base_cls))
 
 
 def _require_module(model: object, function: str) -> None:
