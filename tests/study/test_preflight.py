@@ -15,7 +15,9 @@ from tests.study.conftest import MINI, run_cli
 @pytest.mark.parametrize(("options", "message"), [
     (("--task", "missing.csv"), "data file missing.csv does not exist"),
     (("--task", "notes.txt"), "unknown task 'notes.txt'"),
-    (("--model", "/no/such/model"), "task 'sentiment' with model '/no/such/model' could not be prepared"),
+    (("--model", "/no/such/model"), "model path /no/such/model does not exist"),
+    (("--model", "tiny-llama"), "model 'tiny-llama' is not a text classifier; this task takes minilm, tiny-bert"),
+    (("--task", "arithmetic", "--model", "tiny-bert"), "model 'tiny-bert' is not a causal language model"),
     (("--task", "image", "--model", "minilm"), "supports the model 'efficientnet-lite0', not 'minilm'"),
     (("--task", "image", "--image-size", "16"), "--image-size 16 is too small for EfficientNet-Lite0"),
     (("--max-length", "0"), "--max-length must be >= 1"),

@@ -40,6 +40,7 @@ class TextEncoder:
     """A Hugging Face sequence classifier and its tokenizer; batches are padded to their longest text."""
 
     def __init__(self, model_ref: str, max_length: int) -> None:
+        models.check_model_ref(model_ref, models.TEXT_CLASSIFIER_ALIASES, "text classifier")
         self.model_ref = model_ref
         self.max_length = max_length
         self._tokenizer: Any = None
