@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+import json
 import sys
 from collections.abc import Sequence
 
@@ -25,11 +26,20 @@ def _info(args: argparse.Namespace) -> int:
 
     from peftlab.io.adapter_files import read_adapter_config
 
-    config = read_adapter_config(Path(args.path))
+    folder = Path(args.path)
+    config = read_adapter_config(folder)
     card = type(config).card
     print(f"{card.name} ({card.id}, {card.kind.value}, mergeable: {'yes' if card.mergeable else 'no'})")
     for key, value in config.to_dict().items():
         print(f"  {key}: {value}")
+    # The config above is as the user gave it (targets=None: the method's default); the file names what it adapts.
+    written = json.loads((folder / "adapter_config.json").read_text(encoding="utf-8"))
+    sites, saved = written.get("target_modules"), written.get("modules_to_save")
+    if isinstance(sites, list):
+        shown = ", ".join(sites[:6]) + (f", ... ({len(sites) - 6} more)" if len(sites) > 6 else "")
+        print(f"adapted modules in this folder ({len(sites)}): {shown}")
+    if saved:
+        print(f"trained in full (modules_to_save): {', '.join(saved)}")
     return 0
 
 
