@@ -21,6 +21,7 @@ from tests.study.conftest import MINI, run_cli
     (("--task", "image", "--model", "minilm"), "supports the model 'efficientnet-lite0', not 'minilm'"),
     (("--task", "image", "--image-size", "16"), "--image-size 16 is too small for EfficientNet-Lite0"),
     (("--max-length", "0"), "--max-length must be >= 1"),
+    (("--max-length", "2000"), "--max-length 2000 is more than model 'tiny-bert' takes \\(512 positions\\)"),
     (("--warmup", "1.5"), r"warmup=1.5: a fraction of the steps in \[0, 1\)"),
     (("--eval-every", "-1"), "eval_every must be >= 0"),
     (("--lr", "lora=0"), "method 'lora': lr=0.0: the learning rate must be a positive finite number"),

@@ -47,6 +47,24 @@ def check_model_ref(ref: str, aliases: tuple[str, ...], kind: str) -> None:
                          "(config.json and weights)")
 
 
+# Position limits of the aliases (tiny-bert and tiny-llama are built with these; the others' configs say so).
+_ALIAS_POSITIONS = {"minilm": 512, "tiny-bert": 512, "tiny-llama": 512, "smollm2": 8192}
+
+
+def check_max_length(ref: str, max_length: int) -> None:
+    """StudyError when --max-length exceeds the model's positions (an alias, or a local folder's config.json);
+    every run would fail on its first batch. Hub ids are not looked up here."""
+    limit = _ALIAS_POSITIONS.get(ref)
+    config_file = Path(ref).expanduser() / "config.json"
+    if limit is None and config_file.is_file():
+        import json
+
+        limit = json.loads(config_file.read_text(encoding="utf-8")).get("max_position_embeddings")
+    if isinstance(limit, int) and max_length > limit:
+        raise StudyError(f"--max-length {max_length} is more than model {ref!r} takes ({limit} positions); use "
+                         f"--max-length {limit} or less")
+
+
 def _quiet_transformers() -> None:
     from transformers.utils import logging
 

@@ -32,6 +32,7 @@ class CausalLMTask:
     def __init__(self, name: str, pairs: list[PromptCompletion], spec: TaskSpec, *, model_ref: str, test: int,
                  validation: int, chat: bool, metric: str, curve_metric: str, eval_batch_size: int = 16) -> None:
         models.check_model_ref(model_ref, models.CAUSAL_LM_ALIASES, "causal language model")
+        models.check_max_length(model_ref, spec.max_length)
         self.name = name
         self.pairs = pairs
         self.spec = spec

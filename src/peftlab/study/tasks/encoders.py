@@ -41,6 +41,7 @@ class TextEncoder:
 
     def __init__(self, model_ref: str, max_length: int) -> None:
         models.check_model_ref(model_ref, models.TEXT_CLASSIFIER_ALIASES, "text classifier")
+        models.check_max_length(model_ref, max_length)
         self.model_ref = model_ref
         self.max_length = max_length
         self._tokenizer: Any = None
