@@ -12,7 +12,7 @@ from peftlab.study.plan import RunSpec
 class Progress(Protocol):
     """What the runner tells the user as a study goes."""
 
-    def start(self, total: int, skipped: int) -> None: ...
+    def start(self, total: int, skipped: int, skipped_failed: int = 0) -> None: ...
     def run_started(self, spec: RunSpec) -> None: ...
     def run_event(self, event: dict[str, Any]) -> None: ...
     def run_finished(self, record: dict[str, Any]) -> None: ...
@@ -28,11 +28,13 @@ class TqdmProgress:
         self.current: tqdm | None = None
         self.failed = 0
 
-    def start(self, total: int, skipped: int) -> None:
+    def start(self, total: int, skipped: int, skipped_failed: int = 0) -> None:
         self.overall = tqdm(total=total, initial=skipped, desc="study", unit="run", position=0,
                             disable=self.disable, dynamic_ncols=True)
         if skipped:
-            tqdm.write(f"resuming: {skipped} of {total} runs already finished")
+            failed = (f" ({skipped_failed} of them failed; --retry-failed runs those again)"
+                      if skipped_failed else "")
+            tqdm.write(f"resuming: {skipped} of {total} runs already finished{failed}")
 
     def run_started(self, spec: RunSpec) -> None:
         if self.disable:

@@ -46,7 +46,9 @@ def run_study(study: StudyConfig, out: Path, *, progress: Progress | None = None
     todo = pending_runs(study, records, retry_failed)
     all_runs = study.runs()
     show = progress or TqdmProgress()
-    show.start(total=len(all_runs), skipped=len(all_runs) - len(todo))
+    skipped_ids = {spec.run_id for spec in all_runs} - {spec.run_id for spec in todo}
+    skipped_failed = sum(r["status"] != "ok" for r in records if r["run_id"] in skipped_ids)
+    show.start(total=len(all_runs), skipped=len(all_runs) - len(todo), skipped_failed=skipped_failed)
     try:
         for spec in todo:
             show.run_started(spec)
