@@ -68,3 +68,8 @@ def test_default_targets_and_auto_head() -> None:
         f"bert.encoder.layer.{i}.attention.self.{m}" for i in (0, 1) for m in ("query", "value")}
     no_head = peftlab.adapt(tiny_bert(), peftlab.LoRA(modules_to_save=[]))
     assert "classifier" not in no_head.site_kinds("default")
+
+
+def test_targets_that_are_all_trained_in_full_say_so() -> None:
+    with pytest.raises(peftlab.TargetError, match="match only modules that modules_to_save trains in full"):
+        peftlab.adapt(tiny_bert(), peftlab.LoRA(targets=["query"], modules_to_save=["query"]))

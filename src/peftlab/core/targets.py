@@ -139,6 +139,12 @@ def select_modules(model: nn.Module, config: MethodConfig) -> dict[str, nn.Modul
             f"{len(unsupported)} matched module(s) are of a kind it does not support. {hint}")
     selected = {n: m for n, m in selected.items() if n not in unsupported}
     if not selected:
+        overlap = [n for n, _ in candidate_modules(model) if (n in saved or name_matches(n, saved))
+                   and targets not in (None, ALL_LINEAR) and name_matches(n, targets)]
+        if overlap:
+            raise TargetError(f"{config.card.id}: targets={targets!r} match only modules that modules_to_save trains "
+                              f"in full ({', '.join(overlap[:3])}); a module is either adapted or trained in full: "
+                              "drop it from one of the two")
         raise TargetError(_nothing_matched(config, targets, named))
     return selected
 
