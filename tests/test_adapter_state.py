@@ -80,9 +80,10 @@ def test_deleting_a_merged_adapter_leaves_the_model_usable() -> None:
     model.summary()
 
 
-def test_a_base_already_adapted_is_refused() -> None:
+@pytest.mark.parametrize("first_config", [LORA, peftlab.PromptTuning(num_virtual_tokens=2)], ids=["lora", "prompt"])
+def test_a_base_already_adapted_is_refused(first_config: peftlab.MethodConfig) -> None:
     base = llama()
-    first = peftlab.adapt(base, LORA)
+    first = peftlab.adapt(base, first_config)
     before = logits(first)
     with pytest.raises(peftlab.AdapterStateError, match="already adapted"):
         peftlab.adapt(base, peftlab.LoRA(r=2, targets=QV, init="random"))

@@ -442,7 +442,9 @@ def _attach(model: nn.Module, function: str, add: Callable[[AdaptedModel], None]
     if isinstance(model, AdaptedModel):
         add(model)
         return model
-    if attach.adapted_layers(model):
+    hooked = any(isinstance(getattr(hook, "__self__", None), AdaptedModel)
+                 for hook in model._forward_pre_hooks.values())
+    if attach.adapted_layers(model) or hooked:
         raise AdapterStateError(f"this model is already adapted by an AdaptedModel; add adapters to that one "
                                 f"(model.add_adapter(name, config) / model.load_adapter(path, name)), or "
                                 f"peftlab.{function} a fresh copy of the base model")
