@@ -22,7 +22,7 @@ from torch import nn
 
 from peftlab.compose.low_rank import LowRank, concatenate, factorwise, truncated_svd
 from peftlab.compose.merging import MERGES, PRUNING, SIGN_METHODS, merge
-from peftlab.core.model import check_adapter_name
+from peftlab.core.model import as_names, check_adapter_name
 from peftlab.errors import AdapterCombineError
 
 if TYPE_CHECKING:
@@ -39,7 +39,8 @@ def add_weighted_adapter(model: AdaptedModel, adapters: Sequence[str], weights: 
                          svd_clamp: float | None = None, density: float | None = None,
                          majority_sign_method: str = "total", seed: int | None = None) -> None:
     """Add `adapter_name`, the combination of `adapters` with `weights` (see the module docstring); not activated."""
-    adapters, weights = list(adapters), [float(w) for w in _weights(weights, adapters)]
+    adapters = list(as_names(adapters))
+    weights = [float(w) for w in _weights(weights, adapters)]
     configs = _check_adapters(model, adapters, adapter_name)
     low_rank = configs[0].combines_low_rank
     how = combination_type or ("svd" if low_rank else "linear")

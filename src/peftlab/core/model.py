@@ -23,6 +23,9 @@ def check_adapter_name(name: str) -> str:
     if not isinstance(name, str) or not name.isidentifier():
         raise AdapterStateError(f"adapter name {name!r} is not a plain identifier (letters, digits, underscores, "
                                 "not starting with a digit); choose e.g. 'default' or 'task_a'")
+    if hasattr(nn.ModuleDict, name):  # adapters live in ModuleDicts, which refuse their own attribute names
+        raise AdapterStateError(f"adapter name {name!r} is the name of a torch module method or attribute; choose "
+                                f"another, e.g. '{name}_adapter'")
     return name
 
 
@@ -134,7 +137,7 @@ class AdaptedModel(nn.Module):
 
     def set_adapter(self, adapter_name: str | Sequence[str]) -> None:
         """Make one adapter (or several, applied together) active and trainable; the others are frozen."""
-        names = _names(adapter_name)
+        names = as_names(adapter_name)
         if not names:
             raise AdapterStateError(f"set_adapter needs at least one adapter name; this model has {self.adapters}")
         if len(set(names)) != len(names):
@@ -274,7 +277,7 @@ class AdaptedModel(nn.Module):
         Stacked adapters fold innermost first (the last active one first), so the merged model computes what the
         unmerged stack did. A stack that no fold order reproduces is refused (see `_check_stack`).
         """
-        names = _names(adapter_names) if adapter_names is not None else self._active
+        names = as_names(adapter_names) if adapter_names is not None else self._active
         self._check_mergeable(names)
         inner_first = sorted(names, key=lambda n: -self._active.index(n) if n in self._active else -len(self._active))
         layers = attach.adapted_layers(self.base_model)
@@ -354,7 +357,7 @@ class AdaptedModel(nn.Module):
         if blocking is not None and not blocking.is_dir():
             raise AdapterSaveError(f"cannot save adapters to {path}: {blocking} is a file; pass a folder path (it "
                                    "is created if missing)")
-        for name in _names(adapter_names) if adapter_names is not None else self.adapters:
+        for name in as_names(adapter_names) if adapter_names is not None else self.adapters:
             self._require(name)
             save_adapter(self, name, path if name == "default" else path / name)
 
@@ -376,7 +379,7 @@ class AdaptedModel(nn.Module):
         return _new_adapted, (type(self._modules["base_model"]),), self.__dict__
 
 
-def _names(value: str | Sequence[str]) -> tuple[str, ...]:
+def as_names(value: str | Sequence[str]) -> tuple[str, ...]:
     """One adapter name or several, as a tuple; a plain string is one name, not its letters."""
     if isinstance(value, str):
         return (value,)
