@@ -159,3 +159,20 @@ def test_keys_with_the_adapter_name_load(tmp_path: Path) -> None:
     ours = peftlab.load(copy.deepcopy(base), tmp_path).eval()
     with torch.no_grad():
         torch.testing.assert_close(ours(input_ids=IDS).logits, hf.eval()(input_ids=IDS).logits, atol=1e-5, rtol=0)
+
+
+@pytest.mark.parametrize("nulls", [("feedforward_modules",), ("feedforward_modules", "target_modules")])
+def test_ia3_config_without_module_lists_uses_the_architecture_defaults(nulls: tuple[str, ...],
+                                                                       tmp_path: Path) -> None:
+    from peft import IA3Config
+
+    torch.manual_seed(0)
+    base = tiny_llama().eval()
+    get_peft_model(copy.deepcopy(base), IA3Config(init_ia3_weights=False)).save_pretrained(tmp_path)
+    config = json.loads((tmp_path / "adapter_config.json").read_text())
+    config.update(dict.fromkeys(nulls))
+    (tmp_path / "adapter_config.json").write_text(json.dumps(config))
+    hf = PeftModel.from_pretrained(copy.deepcopy(base), tmp_path).eval()
+    ours = peftlab.load(copy.deepcopy(base), tmp_path).eval()
+    with torch.no_grad():
+        torch.testing.assert_close(ours(input_ids=IDS).logits, hf(input_ids=IDS).logits, atol=1e-5, rtol=0)

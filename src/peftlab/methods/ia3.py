@@ -25,7 +25,7 @@ from peftlab.core.layer import BaseCall
 from peftlab.core.registry import register
 from peftlab.core.targets import linear_types, select_modules, stores_weight_transposed
 from peftlab.core.typology import AttachKind, MethodCard
-from peftlab.errors import AdapterLoadError, TargetError
+from peftlab.errors import TargetError
 
 # Hugging Face PEFT's default (targets, feed-forward targets) per transformers model_type (peft/utils/constants.py).
 # GPT-Neo's feed-forward "c_proj" is written "mlp.c_proj" (the same modules) so that the union below stays unambiguous.
@@ -129,9 +129,8 @@ class IA3(MethodConfig):
             value = data.get(key)
             return value if value is None or isinstance(value, str) else tuple(value)
 
-        if spec("target_modules") is None:
-            raise AdapterLoadError("adapter_config.json has no target_modules; Hugging Face PEFT writes them resolved")
-        return cls(targets=spec("target_modules"), feedforward=spec("feedforward_modules") or (),
+        # null target_modules / feedforward_modules: the architecture's defaults, as Hugging Face PEFT reads them
+        return cls(targets=spec("target_modules"), feedforward=spec("feedforward_modules"),
                    exclude=spec("exclude_modules"), fan_in_fan_out=bool(data.get("fan_in_fan_out")) or None,
                    modules_to_save=tuple(data.get("modules_to_save") or ()))
 
