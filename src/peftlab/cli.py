@@ -43,6 +43,21 @@ def _info(args: argparse.Namespace) -> int:
     return 0
 
 
+def _combine(args: argparse.Namespace) -> int:
+    from pathlib import Path
+
+    from peftlab.compose.folders import combine_folders
+
+    adapters = [Path(a) for a in args.adapters]
+    weights = args.weights if args.weights is not None else [1.0] * len(adapters)
+    options = {"combination_type": args.how, "svd_rank": args.svd_rank, "density": args.density,
+               "majority_sign_method": args.sign, "seed": args.seed}
+    model = combine_folders(Path(args.base), adapters, weights, Path(args.out), **options)
+    described = next(line for line in model.summary().splitlines() if line.startswith("adapter 'default'"))
+    print(f"wrote {args.out}: {described.removeprefix('adapter ')}")
+    return 0
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="peftlab",
@@ -57,6 +72,21 @@ def build_parser() -> argparse.ArgumentParser:
     info = sub.add_parser("info", help="describe an adapter folder (ours or Hugging Face PEFT's)")
     info.add_argument("path", help="folder holding adapter_config.json and adapter_model.safetensors")
     info.set_defaults(func=_info)
+    combine = sub.add_parser(
+        "combine", help="write a new adapter combining adapter folders (task arithmetic, TIES, DARE, SVD)",
+        description="Load BASE (a local transformers model folder) with each ADAPTER, combine them with "
+                    "add_weighted_adapter and save the result to OUT. LoRA: --how cat (exact), svd (default), "
+                    "ties_svd, dare_ties_svd, ...; other methods: linear. A negative weight subtracts an adapter.")
+    combine.add_argument("adapters", nargs="+", metavar="ADAPTER", help="adapter folders (ours or HF PEFT's)")
+    combine.add_argument("--base", required=True, help="the base model's folder (config.json and weights)")
+    combine.add_argument("--weights", type=float, nargs="+", default=None, help="one per adapter (default: 1 each)")
+    combine.add_argument("--out", required=True, help="folder for the combined adapter")
+    combine.add_argument("--how", default=None, help="combination_type (default: svd for LoRA, linear otherwise)")
+    combine.add_argument("--svd-rank", type=int, default=None, help="rank of the svd rules (default: largest rank)")
+    combine.add_argument("--density", type=float, default=None, help="fraction kept by TIES / DARE / pruning")
+    combine.add_argument("--sign", default="total", help="TIES sign election: total or frequency")
+    combine.add_argument("--seed", type=int, default=None, help="seed of DARE's random drops")
+    combine.set_defaults(func=_combine)
     try:
         from peftlab.study.cli import add_subcommands
     except ImportError:  # the study needs optional dependencies
