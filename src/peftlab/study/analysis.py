@@ -11,6 +11,8 @@ from typing import Any
 
 from peftlab.study.budget import Budget
 
+PERCENT_METRICS = ("accuracy", "exact_match", "macro_f1")  # stored as fractions, shown as percent
+
 # summary field -> record field averaged over a method's successful seeds
 MEAN_FIELDS = {
     "test_metric": "test_metric", "delta_vs_full": "delta_vs_full", "trainable_params": "trainable_params",

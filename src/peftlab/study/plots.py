@@ -5,7 +5,7 @@ from __future__ import annotations
 from collections.abc import Sequence
 from pathlib import Path
 
-from peftlab.study.analysis import Summary
+from peftlab.study.analysis import PERCENT_METRICS, Summary
 
 
 def _pyplot():
@@ -28,6 +28,16 @@ def styles(methods: Sequence[str]) -> dict[str, dict[str, object]]:
             for i, m in enumerate(dict.fromkeys(methods))}
 
 
+def _metric_axis(ax: object, label: str, metric: str) -> None:
+    """The y axis of a metric, in percent for the metrics the tables show in percent."""
+    if metric in PERCENT_METRICS:
+        from matplotlib.ticker import PercentFormatter
+
+        ax.yaxis.set_major_formatter(PercentFormatter(xmax=1.0))
+        label += " (%)"
+    ax.set_ylabel(label)
+
+
 def _figure() -> tuple:
     """A new figure and axes of the report's size."""
     return _pyplot().subplots(figsize=(7, 4.5))
@@ -47,7 +57,8 @@ def metric_vs(summaries: Sequence[Summary], field: str, xlabel: str, metric: str
         ax.annotate(s.method, (x, y), textcoords="offset points", xytext=(5, 4), fontsize=8)
     if log_x and all(s.mean(field) > 0 for s in rows):
         ax.set_xscale("log")
-    ax.set(xlabel=xlabel, ylabel=f"test {metric}", title=f"test {metric} vs {xlabel}")
+    ax.set(xlabel=xlabel, title=f"test {metric} vs {xlabel}")
+    _metric_axis(ax, f"test {metric}", metric)
     ax.grid(alpha=0.3)
     return _save(fig, path)
 
@@ -61,7 +72,8 @@ def learning_curves(summaries: Sequence[Summary], metric: str, path: Path) -> Pa
     style = styles([s.method for s in rows])
     for s in rows:
         ax.plot([p[0] for p in s.curve], [p[1] for p in s.curve], label=s.method, **style[s.method])
-    ax.set(xlabel="training step", ylabel=f"validation {metric}", title="learning curves")
+    ax.set(xlabel="training step", title="learning curves")
+    _metric_axis(ax, f"validation {metric}", metric)
     ax.grid(alpha=0.3)
     ax.legend(fontsize=7, ncol=2)
     return _save(fig, path)
@@ -82,7 +94,8 @@ def data_size(summaries: Sequence[Summary], metric: str, path: Path) -> Path | N
         ax.errorbar([s.mean("train_examples") for s in rows], [s.mean("test_metric") for s in rows],
                     yerr=[s.values["test_metric"][1] for s in rows], capsize=3, label=method, **style[method])
     ax.set_xscale("log")
-    ax.set(xlabel="training examples", ylabel=f"test {metric}", title=f"test {metric} vs data size")
+    ax.set(xlabel="training examples", title=f"test {metric} vs data size")
+    _metric_axis(ax, f"test {metric}", metric)
     ax.grid(alpha=0.3)
     ax.legend(fontsize=7, ncol=2)
     return _save(fig, path)

@@ -13,8 +13,6 @@ from peftlab.study.document import Block, Bullets, Heading, Image, Paragraph, Ta
 from peftlab.study.errors import StudyError
 from peftlab.study.results import load_records, load_study
 
-PERCENT_METRICS = ("accuracy", "exact_match", "macro_f1")
-
 
 def fmt_count(n: float | None) -> str:
     if n is None:
@@ -28,7 +26,7 @@ def fmt_count(n: float | None) -> str:
 def fmt_metric(metric: str, pair: tuple[float, float] | None, signed: bool = False) -> str:
     if pair is None:
         return "–"
-    scale, digits = (100.0, 1) if metric in PERCENT_METRICS else (1.0, 3)
+    scale, digits = (100.0, 1) if metric in analysis.PERCENT_METRICS else (1.0, 3)
     mean, std = pair[0] * scale, pair[1] * scale
     sign = "+" if signed else ""
     return f"{mean:{sign}.{digits}f} ± {std:.{digits}f}" if std else f"{mean:{sign}.{digits}f}"
@@ -50,7 +48,7 @@ def attach_kind(method_id: str) -> str:
 
 def results_table(rows: Sequence[Summary], metric: str) -> Table:
     """The survey's table with measured columns."""
-    unit = " (%)" if metric in PERCENT_METRICS else ""
+    unit = " (%)" if metric in analysis.PERCENT_METRICS else ""
     header = ["method", "attach kind", "trainable params", "% trainable", f"test {metric}{unit}", "Δ vs full",
               "peak memory (MB)", "train time (s)", "median step (ms)", "examples/s", "adapter size",
               "latency (ms)", "latency merged (ms)", "runs ok / failed"]
@@ -77,7 +75,7 @@ def which_method(rows: Sequence[Summary], metric: str, higher: bool, budgets: Se
     pick, tol = analysis.best_balance(rows, metric, higher)
     if pick is None:
         return blocks + [Paragraph("No run finished, so there is nothing to compare yet.")]
-    shown_tol = f"{tol * 100:.1f} points" if metric in PERCENT_METRICS else f"{tol:.3g}"
+    shown_tol = f"{tol * 100:.1f} points" if metric in analysis.PERCENT_METRICS else f"{tol:.3g}"
     blocks.append(Paragraph(
         f"**Best balance: `{pick.method}`** — test {metric} {fmt_metric(metric, pick.values['test_metric'])} with "
         f"{fmt_count(pick.mean('trainable_params'))} trainable parameters "
