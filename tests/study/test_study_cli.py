@@ -78,3 +78,9 @@ def test_mini_study_resume_and_failures(tmp_path: Path) -> None:
 def test_a_study_in_which_no_run_succeeded_fails_the_command(tmp_path: Path) -> None:
     assert run_cli("compare", *MINI, "--methods", NO_TARGET, "--out", str(tmp_path / "study")) == 1
     assert read_results(tmp_path / "study")[0]["status"] == "failed"
+
+
+def test_a_training_set_smaller_than_the_batch_records_the_batch_it_used(tmp_path: Path) -> None:
+    assert run_cli("compare", *MINI, "--methods", "bitfit", "--train-sizes", "4", "--no-report",
+                   "--out", str(tmp_path / "study")) == 0
+    assert read_results(tmp_path / "study")[0]["batch_size"] == 4  # --batch-size 8, but only 4 examples

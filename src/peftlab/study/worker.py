@@ -152,6 +152,7 @@ def _train(spec: RunSpec, task: Task, model: nn.Module, splits: Splits, train_ex
     config = settings.train_config(spec.method.lr, str(device))
     record["config"]["train"] = config.to_dict()
     generator = torch.Generator().manual_seed(spec.seed)  # data order
+    record["batch_size"] = min(settings.batch_size, len(train_examples))  # what the batches hold (endless_batches)
     batches = endless_batches(train_examples, settings.batch_size, generator, task.collate,
                               length=task.length if settings.group_by_length else None)
     reset_peak_memory(device)
