@@ -12,6 +12,11 @@ import peftlab
 from tests.tiny_models import tiny_bert
 
 
+def test_unknown_field_names_the_closest() -> None:
+    with pytest.raises(peftlab.ConfigError, match=r"unknown field\(s\) 'rr' \(did you mean 'r'\?\)"):
+        peftlab.LoRA(rr=3)
+
+
 @pytest.mark.parametrize(("fields", "message"), [
     ({"r": 0}, "r: must be an integer >= 1"),
     ({"alpha": -1.0}, r"alpha=-1.0 is out of range; valid range is \(0.0, inf\]"),

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import difflib
+import functools
 from typing import Any, TypeVar
 
 from peftlab.core.config import MethodConfig
@@ -23,8 +24,24 @@ def register(config_cls: ConfigT) -> ConfigT:
     for other in _METHODS:
         if other != method_id and (other in method_id or method_id in other):
             raise ValueError(f"method ids {other!r} and {method_id!r} must not be substrings of each other")
+    _check_names_on_construction(config_cls)
     _METHODS[method_id] = config_cls
     return config_cls
+
+
+def _check_names_on_construction(config_cls: type) -> None:
+    """`LoRA(rr=3)` raises ConfigError naming the closest fields, instead of the dataclass's bare TypeError."""
+    init = config_cls.__init__
+    if getattr(init, "_checks_names", False):
+        return
+
+    @functools.wraps(init)
+    def __init__(self: Any, *args: Any, **kwargs: Any) -> None:
+        type(self).check_field_names(kwargs)
+        init(self, *args, **kwargs)
+
+    __init__._checks_names = True  # type: ignore[attr-defined]
+    config_cls.__init__ = __init__
 
 
 def methods() -> list[str]:
