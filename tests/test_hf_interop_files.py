@@ -80,8 +80,8 @@ def hf_folder(tmp_path: Path, **edits: object) -> Path:
 
 
 @pytest.mark.parametrize(("edits", "message"), [
-    (dict(lora_dropout=None), "lora_dropout=None is not a number"),
-    (dict(r="eight"), "r='eight' is not an integer"),
+    (dict(lora_dropout=None), "dropout=None must be a finite number"),
+    (dict(r="eight"), "r='eight' must be an integer"),
     (dict(layers_to_transform=[1], layers_pattern="stack"), "layers_pattern='stack'"),
 ])
 def test_malformed_hf_config_names_the_field(edits: dict, message: str, tmp_path: Path) -> None:

@@ -2,6 +2,9 @@
 
 from __future__ import annotations
 
+import hashlib
+import json
+
 import pytest
 import torch
 from torch import nn
@@ -80,11 +83,12 @@ def test_an_edited_data_file_is_a_new_run(tmp_path) -> None:
     path.write_text("text,label\ngood,pos\nbad,neg\n")
     spec = RunSpec(TaskSpec(str(path)), parse_method("lora", {}), 16, 0, RunSettings())
     before = spec.run_id
-    assert spec.run_id == before
     path.write_text("text,label\ngood,pos\nbad,neg\nok,pos\n")
     assert spec.run_id != before
-    assert RunSpec(TaskSpec("sentiment"), parse_method("lora", {}), 16, 0, RunSettings()).run_id.startswith(
-        "sentiment-lora-n16-s0-")
+    # a built-in task keeps the run id it had before data digests existed: results stored earlier still resume
+    builtin = RunSpec(TaskSpec("sentiment"), parse_method("lora", {}), 16, 0, RunSettings())
+    digest = hashlib.sha1(json.dumps(builtin.to_dict(), sort_keys=True).encode()).hexdigest()[:8]
+    assert builtin.run_id == f"sentiment-lora-n16-s0-{digest}"
 
 
 def _regression_batches():

@@ -31,7 +31,6 @@ if TYPE_CHECKING:
 
 SVD_RULES = tuple(f"{how}_svd" for how in MERGES if how != "linear")
 LOW_RANK_RULES = ("cat", "svd", *SVD_RULES, *MERGES)
-COMBINATIONS = LOW_RANK_RULES
 
 
 def add_weighted_adapter(model: AdaptedModel, adapters: Sequence[str], weights: Sequence[float], adapter_name: str,

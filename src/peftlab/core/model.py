@@ -281,9 +281,8 @@ class AdaptedModel(nn.Module):
         self._check_mergeable(names)
         inner_first = sorted(names, key=lambda n: -self._active.index(n) if n in self._active else -len(self._active))
         layers = attach.adapted_layers(self.base_model)
-        for name in names:
-            for path in self._sites[name]:
-                _check_stack(layers[path], self._active, set(names), path)
+        for path in {p for name in names for p in self._sites[name]}:
+            _check_stack(layers[path], self._active, set(names), path)
         for name in inner_first:
             for path in self._sites[name]:
                 layers[path].merge(name)

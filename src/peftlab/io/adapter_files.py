@@ -86,6 +86,11 @@ def _task_type(base: torch.nn.Module, saved: list[str]) -> str | None:
 
 def read_adapter_config(folder: Path) -> MethodConfig:
     """The method config stored in an adapter folder (ours or Hugging Face PEFT's)."""
+    return _read_config(folder)[0]
+
+
+def _read_config(folder: Path) -> tuple[MethodConfig, bool]:
+    """The folder's method config, and whether it is our own full config (else read from HF PEFT's fields)."""
     config_file, weights_file = folder / CONFIG_NAME, folder / WEIGHTS_NAME
     if not folder.is_dir():
         raise AdapterLoadError(f"{folder} is not a folder; pass the folder that holds {CONFIG_NAME}")
@@ -107,13 +112,13 @@ def read_adapter_config(folder: Path) -> MethodConfig:
     try:
         ours = _own_config(_metadata(weights_file), data)
         if ours is not None:
-            return MethodConfig.from_dict(json.loads(ours))
+            return MethodConfig.from_dict(json.loads(ours)), True
         peft_type = data.get("peft_type")
         config_cls = method_for_file_type(str(peft_type))
         if config_cls is None:
             raise AdapterLoadError(f"{config_file}: peft_type {peft_type!r} is not a method peftlab implements "
                                    f"(peftlab has: {', '.join(peftlab.methods())})")
-        return config_cls.from_file_config(data)
+        return config_cls.from_file_config(data), False
     except (ConfigError, TypeError, ValueError) as err:  # a field of the wrong type or form
         raise AdapterLoadError(f"{config_file}: {err}") from None
 
@@ -141,9 +146,8 @@ def _metadata(weights_file: Path) -> dict[str, str]:
 
 def load_adapter_into(model: AdaptedModel, folder: Path, name: str) -> None:
     """Add the adapter stored in `folder` to `model` under `name`; on any mismatch nothing is left attached."""
-    config = read_adapter_config(folder)
-    file_config = json.loads((folder / CONFIG_NAME).read_text(encoding="utf-8"))
-    if _own_config(_metadata(folder / WEIGHTS_NAME), file_config) is None:
+    config, own = _read_config(folder)
+    if not own:
         config = _present_modules_to_save(config, model.base_model)
     try:
         model.add_adapter(name, config)

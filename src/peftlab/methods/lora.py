@@ -345,16 +345,6 @@ def lora_to_file_config(config: LoRA, sites: list[str], saved: list[str]) -> dic
     }
 
 
-def _number(data: dict, key: str, default: float, kind: type) -> Any:
-    """data[key] as an int or float; ConfigError naming the field when it is not a number."""
-    from peftlab.errors import ConfigError
-
-    value = data.get(key, default)
-    if isinstance(value, bool) or not isinstance(value, (int, float)) or (kind is int and value != int(value)):
-        raise ConfigError(f"{key}={value!r} is not {'an integer' if kind is int else 'a number'}")
-    return kind(value)
-
-
 def lora_from_file_config(data: dict) -> LoRA:
     """A LoRA or DoRA config from Hugging Face PEFT's LoraConfig fields."""
     from peftlab.errors import AdapterLoadError
@@ -382,8 +372,8 @@ def lora_from_file_config(data: dict) -> LoRA:
         targets = tuple(targets)
     layers = data.get("layers_to_transform")
     fields = dict(
-        targets=targets, r=_number(data, "r", 8, int), alpha=_number(data, "lora_alpha", 8, float),
-        dropout=_number(data, "lora_dropout", 0.0, float), bias=data.get("bias", "none"),
+        targets=targets, r=data.get("r", 8), alpha=data.get("lora_alpha", 8.0),  # types: checked by the config
+        dropout=data.get("lora_dropout", 0.0), bias=data.get("bias", "none"),
         use_rslora=bool(data.get("use_rslora", False)), rank_pattern=dict(data.get("rank_pattern") or {}),
         alpha_pattern=dict(data.get("alpha_pattern") or {}), fan_in_fan_out=bool(data.get("fan_in_fan_out")),
         init={"gaussian": "gaussian", False: "random"}.get(init, "default"),

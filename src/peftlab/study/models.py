@@ -10,6 +10,7 @@ SmolLM2's tokenizer; for fast tests), "efficientnet-lite0" (ImageNet weights). A
 from __future__ import annotations
 
 import importlib.metadata
+import json
 import os
 import shutil
 from collections.abc import Callable
@@ -57,8 +58,6 @@ def check_max_length(ref: str, max_length: int) -> None:
     limit = _ALIAS_POSITIONS.get(ref)
     config_file = Path(ref).expanduser() / "config.json"
     if limit is None and config_file.is_file():
-        import json
-
         limit = json.loads(config_file.read_text(encoding="utf-8")).get("max_position_embeddings")
     if isinstance(limit, int) and max_length > limit:
         raise StudyError(f"--max-length {max_length} is more than model {ref!r} takes ({limit} positions); use "

@@ -75,8 +75,6 @@ def _require_fields(path: Path, rows: list[dict[str, Any]], fields: tuple[str, .
 
 def _label(value: Any) -> str:
     """A label as a class name: surrounding spaces dropped, a whole float (1.0) read as its integer (1)."""
-    if isinstance(value, float) and value.is_integer():
-        value = int(value)
     text = str(value).strip()
     try:
         number = float(text)
