@@ -29,7 +29,7 @@ def peftlab_config(spec: MethodSpec, preset: ModelPreset) -> Any:
     """peftlab's config for `spec`; Skip when no listed method id is registered."""
     import peftlab
 
-    available = peftlab.methods()
+    available = peftlab.method_ids()
     method_id = next((m for m in spec.peftlab_ids if m in available), None)
     if method_id is None:
         raise Skip(f"peftlab has no {'/'.join(spec.peftlab_ids)} yet")

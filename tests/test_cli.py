@@ -14,7 +14,7 @@ from tests.tiny_models import tiny_bert
 def test_methods_lists_every_registered_method(capsys: pytest.CaptureFixture[str]) -> None:
     assert main(["methods", "--markdown"]) == 0
     table = capsys.readouterr().out
-    assert all(f"| {peftlab.get_method(m).card.name} |" in table for m in peftlab.methods())
+    assert all(f"| {peftlab.get_method(m).card.name} |" in table for m in peftlab.method_ids())
 
 
 def test_info_names_the_modules_the_folder_adapts(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:

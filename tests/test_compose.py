@@ -149,7 +149,7 @@ def test_dare_is_seeded_and_density_one_is_linear(tmp_path: Path) -> None:
     ours.add_weighted_adapter(["one", "two"], WEIGHTS, "d1", combination_type="dare_ties_svd", density=0.5, seed=3)
     ours.add_weighted_adapter(["one", "two"], WEIGHTS, "d2", combination_type="dare_ties_svd", density=0.5, seed=3)
     ours.add_weighted_adapter(["one", "two"], WEIGHTS, "d3", combination_type="dare_ties_svd", density=0.5, seed=4)
-    state = {name: adapter_tensors(ours, name) for name in ("linear", "full", "d1", "d2", "d3")}
+    state = {name: adapter_tensors(ours.adapter(name)) for name in ("linear", "full", "d1", "d2", "d3")}
     for key in state["linear"]:
         torch.testing.assert_close(state["full"][key], state["linear"][key])
     assert all(torch.equal(state["d1"][k], state["d2"][k]) for k in state["d1"])
@@ -248,7 +248,7 @@ def test_linear_averages_every_tensor_of_the_adapter(config: peftlab.MethodConfi
     torch.manual_seed(5)
     model.add_adapter("two", config)
     model.add_weighted_adapter(["one", "two"], WEIGHTS, "mix")
-    states = {name: adapter_tensors(model, name) for name in ("one", "two", "mix")}
+    states = {name: adapter_tensors(model.adapter(name)) for name in ("one", "two", "mix")}
     assert states["mix"].keys() == states["one"].keys()
     for key, value in states["mix"].items():
         torch.testing.assert_close(value, WEIGHTS[0] * states["one"][key] + WEIGHTS[1] * states["two"][key])

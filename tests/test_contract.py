@@ -12,7 +12,7 @@ from peftlab.core.layer import AdaptedLayer
 from tests.method_cases import NOT_APPLICABLE, case_fields
 from tests.tiny_models import MODELS, TinyModel
 
-CELLS = [(m, t) for m in peftlab.methods() for t in MODELS]
+CELLS = [(m, t) for m in peftlab.method_ids() for t in MODELS]
 
 
 def _cell_id(cell: tuple[str, TinyModel]) -> str:
@@ -142,7 +142,7 @@ def test_two_adapters_coexist_and_switch(cell: tuple[str, TinyModel]) -> None:
     model.add_adapter("second", _config(method_id, tiny))
     assert model.active_adapters == ("default",)
     model.set_adapter("second")
-    assert all(not p.requires_grad for p in model._adapter_parameters("default"))
+    assert all(not p.requires_grad for p in model.adapter("default").parameters())
     _train(model, tiny, steps=2, seed=1)
     with torch.no_grad():
         second = tiny.run(model)

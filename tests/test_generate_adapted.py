@@ -106,7 +106,7 @@ def test_generate_with_loreft_edits_the_prompt_only() -> None:
     assert torch.equal(bare_step, edited_step), "a call continuing the cache was edited"
 
 
-POSITION_FREE = [m for m in peftlab.methods() if m not in ("prompt", "prefix", "loreft")]  # those three: above
+POSITION_FREE = [m for m in peftlab.method_ids() if m not in ("prompt", "prefix", "loreft")]  # those three: above
 
 
 @pytest.mark.parametrize("method_id", POSITION_FREE)

@@ -4,25 +4,43 @@
     model.save("out/adapter"); model = peftlab.load(base, "out/adapter")
 """
 
-# ruff: noqa: I001, RUF022 (the import order is deliberate: see the comment below)
+from peftlab._version import __version__
 from peftlab.core.config import MethodConfig
 from peftlab.core.model import AdaptedModel, adapt, load
+from peftlab.core.registry import config_for, get_method, method_ids, register, register_all
+from peftlab.core.sites import SiteRole
 from peftlab.core.typology import AttachKind, MethodCard
-from peftlab.errors import AdapterCombineError, AdapterLoadError, AdapterSaveError, AdapterStateError
-from peftlab.errors import ConfigError, PeftlabError, TargetError
-from peftlab.methods import BitFit, DoRA, FullFineTuning, LoRA
-from peftlab.methods import IA3, Adapter, SparseFT
-from peftlab.methods import LoReFT, PrefixTuning, PromptTuning
+from peftlab.core.view import AdapterView
+from peftlab.errors import (
+    AdapterCombineError,
+    AdapterLoadError,
+    AdapterSaveError,
+    AdapterStateError,
+    ConfigError,
+    ContractError,
+    PeftlabError,
+    TargetError,
+)
+from peftlab.methods import (
+    BUILTIN,
+    IA3,
+    Adapter,
+    BitFit,
+    DoRA,
+    FullFineTuning,
+    LoRA,
+    LoReFT,
+    PrefixTuning,
+    PromptTuning,
+    SparseFT,
+)
 
-# After the methods package: `peftlab.methods` is the function that lists them, not the subpackage.
-from peftlab.core.registry import config_for, get_method, methods, register
-
-__version__ = "0.1.0"
+register_all(BUILTIN)
 
 __all__ = [
-    "AdaptedModel", "Adapter", "AdapterCombineError", "AdapterLoadError", "AdapterSaveError", "AdapterStateError",
-    "AttachKind", "BitFit",
-    "ConfigError", "DoRA", "FullFineTuning", "IA3", "LoRA", "MethodCard", "MethodConfig", "PeftlabError", "SparseFT",
-    "TargetError", "adapt", "config_for", "get_method", "load", "methods", "register",
-    "LoReFT", "PrefixTuning", "PromptTuning",
+    "IA3", "AdaptedModel", "Adapter", "AdapterCombineError", "AdapterLoadError", "AdapterSaveError",
+    "AdapterStateError", "AdapterView", "AttachKind", "BitFit", "ConfigError", "ContractError", "DoRA",
+    "FullFineTuning", "LoRA", "LoReFT", "MethodCard", "MethodConfig", "PeftlabError", "PrefixTuning",
+    "PromptTuning", "SiteRole", "SparseFT", "TargetError", "__version__", "adapt", "config_for", "get_method",
+    "load", "method_ids", "register",
 ]

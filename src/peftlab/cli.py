@@ -11,10 +11,10 @@ from peftlab.errors import PeftlabError
 
 
 def _methods(args: argparse.Namespace) -> int:
-    from peftlab.core.registry import get_method, methods
+    from peftlab.core.registry import get_method, method_ids
     from peftlab.table import markdown_table, text_table
 
-    rows = [get_method(m).card.row() for m in methods()]
+    rows = [get_method(m).card.row() for m in method_ids()]
     headers = list(rows[0])
     render = markdown_table if args.markdown else text_table
     print(render(headers, [list(r.values()) for r in rows]))

@@ -29,3 +29,7 @@ class AdapterStateError(PeftlabError):
 
 class AdapterCombineError(PeftlabError, ValueError):
     """Adapters cannot be combined as asked (add_weighted_adapter: rule, weights, ranks or configs that misfit)."""
+
+
+class ContractError(PeftlabError, TypeError):
+    """A method does not meet the plug-in contract (raised when it is registered, naming what is missing)."""

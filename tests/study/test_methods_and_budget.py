@@ -4,18 +4,19 @@ from __future__ import annotations
 
 import pytest
 
+import peftlab
 from peftlab.study.budget import parse_budget, parse_budgets
 from peftlab.study.errors import StudyError
-from peftlab.study.methods import DEFAULT_LR, SURVEY_METHODS, parse_lr_overrides, parse_method, resolve_methods
+from peftlab.study.methods import SURVEY_METHODS, parse_lr_overrides, parse_method, resolve_methods
 from peftlab.study.plan import RunSettings, StudyConfig, parse_train_sizes
 from peftlab.study.tasks.base import TaskSpec
 
 
 def test_survey_names_map_to_registry_ids_and_fields() -> None:
     tiny = parse_method("adapter-tiny")
-    assert (tiny.method_id, dict(tiny.fields), tiny.lr) == ("adapter", {"preset": "tiny"}, DEFAULT_LR["adapter"])
+    assert (tiny.method_id, dict(tiny.fields), tiny.lr) == ("adapter", {"preset": "tiny"}, peftlab.Adapter.study_lr)
     assert dict(parse_method("sparse-80").fields) == {"pruning": 0.8}
-    assert len(SURVEY_METHODS) == 12 and set(DEFAULT_LR) >= {m for m, _ in SURVEY_METHODS.values()}
+    assert len(SURVEY_METHODS) == 12 and set(peftlab.method_ids()) >= {m for m, _ in SURVEY_METHODS.values()}
 
 
 def test_generic_method_syntax_and_lr_overrides() -> None:

@@ -1,11 +1,12 @@
 """A new adapter from a weighted combination of existing ones (`AdaptedModel.add_weighted_adapter`).
 
-LoRA adapters combine through their updates ΔW (compose/low_rank.py): "cat" and "svd" exactly (svd up to its rank),
-the *_svd rules by pruning and sign election on each ΔW first, and Hugging Face PEFT's factor-wise rules ("linear",
-"ties", "dare_linear", "dare_ties", "magnitude_prune") on A and B. LoRA's trainable biases add linearly: Σ w_i Δb_i.
-Every other method combines by "linear" only: its tensors are averaged entry by entry, Σ w_i θ_i (task arithmetic for
-methods whose effect is linear in their tensors, e.g. BitFit; a weight average, "model soup", for the rest), which
-needs adapters of one config.
+Adapters whose sites are all low-rank (core.sites.LowRankSite: ΔW = s · B A exactly, i.e. LoRA) combine through
+their updates ΔW (compose/low_rank.py) into a new LoRA adapter: "cat" and "svd" exactly (svd up to its rank), the
+*_svd rules by pruning and sign election on each ΔW first, and Hugging Face PEFT's factor-wise rules ("linear",
+"ties", "dare_linear", "dare_ties", "magnitude_prune") on A and B. Trainable biases add linearly: Σ w_i Δb_i.
+Every other method combines by "linear" only: its parameters are averaged entry by entry, Σ w_i θ_i (task
+arithmetic for methods whose effect is linear in their tensors, e.g. BitFit; a weight average, "model soup", for the
+rest), which needs adapters of one config; their frozen buffers (masks, indices, projections) must be equal.
 
 A module that several of the adapters train in full (modules_to_save, e.g. a classification head) cannot be
 combined; a module that one of them trains is copied from it.
@@ -22,36 +23,38 @@ from torch import nn
 
 from peftlab.compose.low_rank import LowRank, concatenate, factorwise, truncated_svd
 from peftlab.compose.merging import MERGES, PRUNING, SIGN_METHODS, merge
-from peftlab.core.model import as_names, check_adapter_name
+from peftlab.core.config import MethodConfig
+from peftlab.core.names import as_names, check_adapter_name
+from peftlab.core.sites import LowRankSite, SiteRole
+from peftlab.core.view import AdapterView
 from peftlab.errors import AdapterCombineError
+from peftlab.methods.lora import LoRA
 
 if TYPE_CHECKING:
-    from peftlab.core.config import MethodConfig
     from peftlab.core.model import AdaptedModel
 
 SVD_RULES = tuple(f"{how}_svd" for how in MERGES if how != "linear")
 LOW_RANK_RULES = ("cat", "svd", *SVD_RULES, *MERGES)
 
 
-def add_weighted_adapter(model: AdaptedModel, adapters: Sequence[str], weights: Sequence[float], adapter_name: str,
-                         combination_type: str | None = None, svd_rank: int | None = None,
+def add_weighted_adapter(model: AdaptedModel, adapters: str | Sequence[str], weights: Sequence[float],
+                         adapter_name: str, combination_type: str | None = None, svd_rank: int | None = None,
                          svd_clamp: float | None = None, density: float | None = None,
                          majority_sign_method: str = "total", seed: int | None = None) -> None:
     """Add `adapter_name`, the combination of `adapters` with `weights` (see the module docstring); not activated."""
-    adapters = list(as_names(adapters))
-    weights = [float(w) for w in _weights(weights, adapters)]
-    configs = _check_adapters(model, adapters, adapter_name)
-    low_rank = configs[0].combines_low_rank
+    names = list(as_names(adapters))
+    weights = [float(w) for w in _weights(weights, names)]
+    views = _check_adapters(model, names, adapter_name)
+    method_sites = [e.site for v in views for e in v.entries(SiteRole.METHOD)]
+    low_rank = bool(method_sites) and all(isinstance(site, LowRankSite) for site in method_sites)
+    configs = [v.config for v in views]
     how = combination_type or ("svd" if low_rank else "linear")
     _check_rule(how, low_rank, configs[0], svd_rank, svd_clamp, density, majority_sign_method)
-    saved = _saved_sources(model, adapters)
+    saved = _saved_sources(views)
     if low_rank:
-        rank = _new_rank(configs, how, svd_rank)
-        _check_same(configs, ("bias", "fan_in_fan_out"))
-        paths = sorted({p for name in adapters for p, kind in model.site_kinds(name).items() if kind == "method"})
-        new = configs[0].replace(targets=tuple(paths), target_types=(), layers=None, exclude=None, r=rank,
-                                 alpha=float(rank), use_rslora=False, rank_pattern={}, alpha_pattern={},
-                                 init="default", modules_to_save=tuple(sorted(saved)))
+        rank = _new_rank(views, how, svd_rank)
+        new: MethodConfig = LoRA(targets=tuple(sorted({p for v in views for p in v.paths(SiteRole.METHOD)})), r=rank,
+                                 alpha=float(rank), bias=_same_bias(views), modules_to_save=tuple(sorted(saved)))
     else:
         _check_same(configs, tuple(configs[0].to_dict()))
         new = configs[0]
@@ -59,19 +62,19 @@ def add_weighted_adapter(model: AdaptedModel, adapters: Sequence[str], weights: 
     model.add_adapter(adapter_name, new)
     try:
         with torch.no_grad():
-            for path, (site, _) in model.site_adapters(adapter_name).items():
-                sources = [_site(model, name, path) for name in adapters]
+            combined = model.adapter(adapter_name)
+            for path, entry in combined.sites.items():
+                sources = [_site(v, path) for v in views]
                 if path in saved:
-                    site.load_state_dict(sources[adapters.index(saved[path])].state_dict())
+                    entry.site.load_state_dict(sources[names.index(saved[path])].state_dict())
                     continue
-                if low_rank and hasattr(site, "factors"):
-                    generator = generator or _generator(seed, site)
-                    _combine_factors(site, sources, weights, how, rank, svd_clamp, density or 1.0,
+                if isinstance(entry.site, LowRankSite):
+                    generator = generator or _generator(seed, entry.site)
+                    _combine_factors(entry.site, sources, weights, how, rank, svd_clamp, density or 1.0,
                                      majority_sign_method, generator)
-                _combine_linear(site, sources, weights, skip_factors=low_rank)
-            if adapter_name in model.model_adapters:
-                _combine_linear(model.model_adapters[adapter_name], [model.model_adapters[n] for n in adapters],
-                                weights, skip_factors=False)
+                _combine_linear(entry.site, sources, weights)
+            if combined.model_adapter is not None:
+                _combine_linear(combined.model_adapter, [v.model_adapter for v in views], weights)
     except BaseException:
         model.delete_adapter(adapter_name)  # nothing half-built is left behind
         raise
@@ -87,23 +90,21 @@ def _weights(weights: Sequence[float], adapters: list[str]) -> Sequence[float]:
     return weights
 
 
-def _check_adapters(model: AdaptedModel, adapters: list[str], adapter_name: str) -> list[MethodConfig]:
+def _check_adapters(model: AdaptedModel, adapters: list[str], adapter_name: str) -> list[AdapterView]:
     if not adapters:
         raise AdapterCombineError("no adapters to combine; pass the names of one or more existing adapters")
-    for name in adapters:
-        model._require(name)
+    views = [model.adapter(name) for name in adapters]
     if len(set(adapters)) != len(adapters):
         raise AdapterCombineError(f"adapters {adapters} name one adapter twice; give each once, with its total weight")
     check_adapter_name(adapter_name)
     if adapter_name in model.adapters:
         raise AdapterCombineError(f"an adapter named {adapter_name!r} exists already; pick a new name for the "
                                   "combination")
-    configs = [model.configs[name] for name in adapters]
-    methods = sorted({c.card.id for c in configs})
+    methods = sorted({v.config.card.id for v in views})
     if len(methods) > 1:
         raise AdapterCombineError(f"adapters {adapters} use different methods ({', '.join(methods)}); only adapters "
                                   "of one method combine")
-    return configs
+    return views
 
 
 def _check_rule(how: str, low_rank: bool, config: MethodConfig, svd_rank: int | None, svd_clamp: float | None,
@@ -139,8 +140,22 @@ def _check_same(configs: list[MethodConfig], fields: tuple[str, ...]) -> None:
             raise AdapterCombineError(f"the adapters differ in {shown}; this combination needs them equal")
 
 
-def _new_rank(configs: list[MethodConfig], how: str, svd_rank: int | None) -> int:
-    ranks = [max([c.r, *c.rank_pattern.values()]) for c in configs]
+def _same_bias(views: list[AdapterView]) -> str:
+    """The LoRA `bias` option that trains the biases the low-rank adapters train (they must agree)."""
+    def bias(view: AdapterView) -> str:
+        if any(True for _ in view.entries(SiteRole.BIAS)):
+            return "all"
+        return "lora_only" if any(e.site.trained_bias() is not None for e in view.entries(SiteRole.METHOD)) else "none"
+
+    found = [bias(v) for v in views]
+    if len(set(found)) > 1:
+        raise AdapterCombineError(f"the adapters train biases differently ({', '.join(map(repr, found))}); only "
+                                  "adapters with the same bias option combine")
+    return found[0]
+
+
+def _new_rank(views: list[AdapterView], how: str, svd_rank: int | None) -> int:
+    ranks = [max(e.site.factors()[0].shape[0] for e in v.entries(SiteRole.METHOD)) for v in views]
     if how == "cat":
         return sum(ranks)
     if how.endswith("svd"):
@@ -151,13 +166,12 @@ def _new_rank(configs: list[MethodConfig], how: str, svd_rank: int | None) -> in
     return ranks[0]
 
 
-def _saved_sources(model: AdaptedModel, adapters: list[str]) -> dict[str, str]:
+def _saved_sources(views: list[AdapterView]) -> dict[str, str]:
     """{module path: the one adapter that trains the module in full}."""
     owners: dict[str, list[str]] = {}
-    for name in adapters:
-        for path, kind in model.site_kinds(name).items():
-            if kind == "saved":
-                owners.setdefault(path, []).append(name)
+    for view in views:
+        for path in view.paths(SiteRole.SAVED):
+            owners.setdefault(path, []).append(view.name)
     shared = {path: names for path, names in owners.items() if len(names) > 1}
     if shared:
         path, names = next(iter(shared.items()))
@@ -167,9 +181,9 @@ def _saved_sources(model: AdaptedModel, adapters: list[str]) -> dict[str, str]:
     return {path: names[0] for path, names in owners.items()}
 
 
-def _site(model: AdaptedModel, name: str, path: str) -> nn.Module | None:
-    layer = model.base_model.get_submodule(path)
-    return layer.adapters[name] if name in layer.adapters else None  # noqa: SIM401  (a ModuleDict has no .get)
+def _site(view: AdapterView, path: str) -> nn.Module | None:
+    entry = view.sites.get(path)
+    return entry.site if entry is not None else None
 
 
 def _generator(seed: int | None, site: nn.Module) -> torch.Generator:
@@ -205,19 +219,26 @@ def _low_rank(site: nn.Module) -> LowRank:
     return LowRank(a.detach().flatten(1), b.detach().flatten(1), site.scaling)  # A (r, k), B (d_out, r)
 
 
-def _combine_linear(target: nn.Module, sources: list[nn.Module | None], weights: list[float],
-                    skip_factors: bool) -> None:
-    """target's tensors = Σ w_i (source i's), over the sources that have the site; integer tensors must agree."""
-    factors = {id(t) for t in target.factors()} if skip_factors and hasattr(target, "factors") else set()
-    present = [(s.state_dict(), w) for s, w in zip(sources, weights) if s is not None]
-    for key, tensor in target.state_dict(keep_vars=True).items():
+def _combine_linear(target: nn.Module, sources: list[nn.Module | None], weights: list[float]) -> None:
+    """target's parameters = Σ w_i (source i's), over the sources that have the site (a low-rank site's factors are
+    combined by _combine_factors, so skipped); its buffers (masks, indices, frozen projections) must agree."""
+    factors = {id(t) for t in target.factors()} if isinstance(target, LowRankSite) else set()
+    present = [(s, w) for s, w in zip(sources, weights) if s is not None]
+    for key, tensor in target.named_parameters():
         if id(tensor) in factors:
             continue
-        values = [state[key] for state, _ in present]
+        values = [dict(s.named_parameters())[key].detach() for s, _ in present]
         if tensor.is_floating_point():
             tensor.copy_(merge(values, [w for _, w in present], "linear"))
-        elif any(not torch.equal(v, values[0]) for v in values[1:]):
-            raise AdapterCombineError(f"the adapters' {key!r} differ (an index or mask, not a weight), so they cannot "
-                                      "be averaged; only adapters built the same way combine")
         else:
-            tensor.copy_(values[0])
+            _copy_equal(tensor, values, key)
+    for key, tensor in target.named_buffers():
+        _copy_equal(tensor, [dict(s.named_buffers())[key] for s, _ in present], key)
+
+
+def _copy_equal(tensor: torch.Tensor, values: list[torch.Tensor], key: str) -> None:
+    if any(not torch.equal(v, values[0]) for v in values[1:]):
+        raise AdapterCombineError(f"the adapters' {key!r} differ (a frozen tensor: an index, mask or projection, not "
+                                  "a trained weight), so they cannot be averaged; only adapters built the same way "
+                                  "combine")
+    tensor.copy_(values[0])

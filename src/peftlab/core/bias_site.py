@@ -6,6 +6,7 @@ import torch
 from torch import nn
 
 from peftlab.core.layer import BaseCall
+from peftlab.core.sites import WeightDeltaSite
 
 # Modules whose bias is per channel on dim 1 of a (B, C, ...) output; others (Linear, LayerNorm) on the last dim.
 CHANNEL_FIRST = (nn.modules.conv._ConvNd, nn.modules.batchnorm._BatchNorm, nn.modules.instancenorm._InstanceNorm,
@@ -17,7 +18,7 @@ def has_bias(module: nn.Module) -> bool:
     return isinstance(bias, torch.Tensor) and bias.dim() == 1
 
 
-class BiasDelta(nn.Module):
+class BiasDelta(WeightDeltaSite):
     """Adds a trainable Δb to the output's channel dimension (the last one, or dim 1 for convolutions).
 
     Files hold Δb under "bias_delta", or, with `absolute_in_files`, the absolute bias b + Δb under "bias": how Hugging

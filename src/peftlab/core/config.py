@@ -1,7 +1,10 @@
 """The base of every method config: a frozen, validated dataclass that round-trips through JSON exactly.
 
-A method file subclasses `MethodConfig`, adds its hyperparameters, sets `card`, and implements `build_site`
-(and, for methods that act on the model's inputs, `build_model_adapter`). The core does everything else.
+A method file subclasses `MethodConfig`, adds its hyperparameters, sets `card`, `study_lr` and the classes it
+builds (`site_types`, `model_adapter_type`), and implements `build_site` (and, for methods that act on the model's
+inputs, `build_model_adapter`). The core does everything else; the registry checks all of it when the method is
+registered (core/registry.py). How the config is written to adapter_config.json is the job of its `file_format`
+(io/formats.py), not of the config.
 """
 
 from __future__ import annotations
@@ -18,8 +21,11 @@ from typing import Any, ClassVar
 
 from torch import nn
 
+from peftlab.core.sites import ModelAdapter, Site
+from peftlab.core.targets import select_modules
 from peftlab.core.typology import MethodCard
 from peftlab.errors import ConfigError
+from peftlab.io.formats import FileFormat
 
 TargetSpec = str | tuple[str, ...] | None
 
@@ -83,19 +89,25 @@ class MethodConfig:
     """
 
     card: ClassVar[MethodCard]
+    # The peak learning rate the comparative study uses for this method (its short budgets: ~150-250 steps).
+    study_lr: ClassVar[float]
+    # The site classes build_site returns, and the model adapter class build_model_adapter returns (or None).
+    site_types: ClassVar[tuple[type[Site], ...]] = ()
+    model_adapter_type: ClassVar[type[ModelAdapter] | None] = None
+    # How adapter_config.json and the tensors' file keys are written and read; the registry gives a method without
+    # one peftlab's own layout (io/formats.NativeFormat).
+    file_format: ClassVar[FileFormat]
     default_targets: ClassVar[TargetSpec] = None
-    # Where adapter files put tensors living at a module: "<file_prefix><module path>.<key>". Hugging Face PEFT's
-    # prompt-learning methods (prompt and prefix tuning) wrap the model one level less deep and use "base_model.".
-    file_prefix: ClassVar[str] = "base_model.model."
-    # Whether `add_weighted_adapter` may combine this method's sites through their low-rank factors (sites then
-    # offer `factors()` -> (A, B) and `scaling`); otherwise only a weighted average of identical-config adapters.
-    combines_low_rank: ClassVar[bool] = False
 
     targets: TargetSpec = None
     target_types: tuple[str, ...] = ()
     layers: tuple[int, ...] | None = None
     exclude: TargetSpec = None
     modules_to_save: tuple[str, ...] | None = None
+
+    def __new__(cls, *args: Any, **kwargs: Any) -> MethodConfig:  # noqa: PYI034  (Self needs Python 3.11)
+        cls.check_field_names(kwargs)  # LoRA(rr=3): ConfigError naming the closest fields, not a bare TypeError
+        return super().__new__(cls)
 
     def __post_init__(self) -> None:
         self._set("targets", normalise_targets(self.targets, "targets"))
@@ -158,8 +170,6 @@ class MethodConfig:
 
     def select_sites(self, model: nn.Module) -> dict[str, nn.Module]:
         """The modules this method adapts, by path. The default is the core's target selection over `targets`."""
-        from peftlab.core.targets import select_modules
-
         return select_modules(model, self)
 
     # --- serialisation ------------------------------------------------------------------------------------------
@@ -177,14 +187,17 @@ class MethodConfig:
     @classmethod
     def from_dict(cls, data: Mapping[str, Any]) -> MethodConfig:
         """Inverse of `to_dict`. Called on the base class, dispatches on data["method"] through the registry."""
-        from peftlab.core.registry import get_method
-
         data = dict(data)
         method_id = data.pop("method", None)
-        target = get_method(method_id) if method_id is not None else cls
-        if cls is not MethodConfig and target is not cls and not issubclass(target, cls):
+        if method_id is None:
+            if cls is MethodConfig:
+                raise ConfigError("MethodConfig.from_dict needs a 'method' id (e.g. {'method': 'lora', 'r': 8})")
+            target = cls
+        else:
+            target = registered(method_id)
+        if cls is not MethodConfig and not issubclass(target, cls):
             raise ConfigError(f"config is for method {method_id!r}, not {cls.card.id!r}")
-        return target(**data)  # a registered config's constructor checks the field names
+        return target(**data)  # the constructor checks the field names
 
     @classmethod
     def check_field_names(cls, names: Iterable[str]) -> None:
@@ -199,29 +212,24 @@ class MethodConfig:
             hints.append(f"{name!r} (did you mean {' or '.join(map(repr, close))}?)" if close else repr(name))
         raise ConfigError(f"unknown field(s) {', '.join(hints)} for method {cls.card.id!r}; valid: {valid}")
 
-    # --- adapter_config.json ------------------------------------------------------------------------------------
-    # Methods Hugging Face PEFT also has override these two to write and read its fields; others use this layout:
-    # Hugging Face PEFT's file layout with our own method name as "peft_type".
-    @classmethod
-    def file_type(cls) -> str:
-        """The "peft_type" written to adapter_config.json."""
-        return cls.card.id.upper()
-
-    def to_file_config(self, sites: list[str], saved: list[str]) -> dict[str, Any]:
-        """adapter_config.json contents, given the adapted module paths and the modules trained in full."""
-        data = self.to_dict()
-        data.pop("method")
-        return {"peft_type": self.file_type(), **data, "modules_to_save": saved or None}
-
-    @classmethod
-    def from_file_config(cls, data: Mapping[str, Any]) -> MethodConfig:
-        """Inverse of `to_file_config`."""
-        data = {k: v for k, v in data.items() if k not in ("peft_type", "peftlab_version", "base_model_name_or_path")}
-        return cls.from_dict({"method": cls.card.id, **data})
-
     def replace(self, **changes: Any) -> MethodConfig:
         """A copy with some fields changed (validated again)."""
         return dataclasses.replace(self, **changes)
+
+
+# Method id -> config class, in registration order. Filled by core/registry.py, which checks each method's contract;
+# kept here so that configs can be read back by id without this module importing the registry.
+REGISTERED: dict[str, type[MethodConfig]] = {}
+
+
+def registered(method_id: str) -> type[MethodConfig]:
+    """The config class of a registered method id; ConfigError with the closest ids when unknown."""
+    try:
+        return REGISTERED[method_id]
+    except (KeyError, TypeError):
+        close = difflib.get_close_matches(str(method_id), list(REGISTERED), n=3)
+        hint = f"; did you mean {', '.join(close)}?" if close else ""
+        raise ConfigError(f"unknown method {method_id!r}{hint} Registered methods: {', '.join(REGISTERED)}") from None
 
 
 @functools.cache

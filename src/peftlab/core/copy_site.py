@@ -13,9 +13,10 @@ import torch
 from torch import nn
 
 from peftlab.core.layer import BaseCall
+from peftlab.core.sites import SelectionSite
 
 
-class CopySite(nn.Module):
+class CopySite(SelectionSite):
     """Runs a trainable copy of the base module instead of the base module. Its state keys are the module's own."""
 
     def __init__(self, module: nn.Module) -> None:

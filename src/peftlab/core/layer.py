@@ -1,35 +1,41 @@
-"""The wrapper that puts adapters around one base module, and the protocols methods implement.
+"""The wrapper that puts adapters around one base module.
 
-`AdaptedLayer` replaces a base module in its parent. Each named adapter at that site is a `SiteAdapter`:
+`AdaptedLayer` replaces a base module in its parent. Each named adapter at that site is a `Site`
+(core/sites.py):
 
     forward(x, base) -> output
 
 where `base` is a `BaseCall`: calling `base(x)` runs the rest of the chain (other active adapters, then the base
-module with the layer's other arguments). A weight-delta method returns `base(x) + delta(x)`, a scale returns
-`base(x) * l`, an inserted module `h = base(x); h + g(h)`, a selection method calls its own copy of the module.
-Several active adapters compose by nesting; merged adapters are skipped (their effect lives in the base weights).
+module with the layer's other arguments); `base.call` is the current call's context (core/context.py) or None. A
+weight-delta method returns `base(x) + delta(x)`, a scale returns `base(x) * l`, an inserted module
+`h = base(x); h + g(h)`, a selection method calls its own copy of the module. Several active adapters compose by
+nesting; merged adapters are skipped (their effect lives in the base weights).
 """
 
 from __future__ import annotations
 
-from typing import Any, Protocol, runtime_checkable
+from typing import Any
 
 import torch
 from torch import nn
 
+from peftlab.core.context import CallContext, current_call
+from peftlab.core.sites import MergeableSite
 from peftlab.errors import AdapterStateError
 
 
 class BaseCall:
     """The continuation an adapter calls: the remaining adapters of the chain, then the base module."""
 
-    __slots__ = ("_rest", "args", "kwargs", "module")
+    __slots__ = ("_rest", "args", "call", "kwargs", "module")
 
-    def __init__(self, module: nn.Module, args: tuple, kwargs: dict, rest: tuple[nn.Module, ...]) -> None:
+    def __init__(self, module: nn.Module, args: tuple, kwargs: dict, rest: tuple[nn.Module, ...],
+                 call: CallContext | None) -> None:
         self.module = module
         self.args = args
         self.kwargs = kwargs
         self._rest = rest
+        self.call = call
 
     @property
     def is_plain(self) -> bool:
@@ -38,38 +44,8 @@ class BaseCall:
 
     def __call__(self, x: Any) -> Any:
         if self._rest:
-            return self._rest[0](x, BaseCall(self.module, self.args, self.kwargs, self._rest[1:]))
+            return self._rest[0](x, BaseCall(self.module, self.args, self.kwargs, self._rest[1:], self.call))
         return self.module(x, *self.args, **self.kwargs)
-
-
-@runtime_checkable
-class SiteAdapter(Protocol):
-    """One adapter at one site. Mergeable ones also implement `merge(module)` and `unmerge(module)`."""
-
-    def forward(self, x: Any, base: BaseCall) -> Any: ...
-
-
-@runtime_checkable
-class MergeableSite(Protocol):
-    def merge(self, module: nn.Module) -> None: ...
-
-    def unmerge(self, module: nn.Module) -> None: ...
-
-
-@runtime_checkable
-class ModelAdapter(Protocol):
-    """A model-level adapter (input-side methods): rewrites the model's call arguments before it runs.
-
-    Optional members, used when present:
-        finish(output) -> output: rewrites the base model's output after the call (e.g. drops the positions of
-            virtual tokens); called for the adapters whose `prepare` ran in that call, last first.
-        export_state(base_model) / import_state(state, base_model): the tensors saved for it, under bare file keys,
-            as for sites (default: its state_dict).
-        file_config() -> dict: entries added to adapter_config.json that depend on the base model (task_type,
-            token_dim, ...).
-    """
-
-    def prepare(self, args: tuple, kwargs: dict[str, Any]) -> tuple[tuple, dict[str, Any]]: ...
 
 
 class AdaptedLayer(nn.Module):
@@ -90,7 +66,7 @@ class AdaptedLayer(nn.Module):
         chain = self._chain
         if not chain:
             return self.base_layer(x, *args, **kwargs)
-        return chain[0](x, BaseCall(self.base_layer, args, kwargs, chain[1:]))
+        return chain[0](x, BaseCall(self.base_layer, args, kwargs, chain[1:], current_call()))
 
     # --- merging ------------------------------------------------------------------------------------------------
     def merge(self, name: str) -> None:
@@ -118,25 +94,3 @@ class AdaptedLayer(nn.Module):
 
     def extra_repr(self) -> str:
         return f"adapters={list(self.adapters)}, merged={self.merged}"
-
-
-def export_state(site: nn.Module, module: nn.Module) -> dict[str, torch.Tensor]:
-    """The tensors a site saves, keyed as in the file (a site may define `export_state` to rename or convert)."""
-    custom = getattr(site, "export_state", None)
-    return custom(module) if custom is not None else dict(site.state_dict())
-
-
-def expected_state(site: nn.Module, module: nn.Module) -> dict[str, torch.Tensor]:
-    """The tensors (names, shapes) a load must supply for a freshly built site; `export_state` unless the site
-    cannot export before it is loaded (a site may define `expected_state`)."""
-    custom = getattr(site, "expected_state", None)
-    return custom(module) if custom is not None else export_state(site, module)
-
-
-def import_state(site: nn.Module, state: dict[str, torch.Tensor], module: nn.Module) -> None:
-    """Inverse of `export_state`; shapes are checked by the caller."""
-    custom = getattr(site, "import_state", None)
-    if custom is not None:
-        custom(state, module)
-    else:
-        site.load_state_dict(state)

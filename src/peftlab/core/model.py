@@ -8,25 +8,23 @@ from collections.abc import Callable, Iterator, Sequence
 from pathlib import Path
 from typing import Any
 
+import torch
 from torch import nn
 
+from peftlab.compose.weighted_adapter import add_weighted_adapter
 from peftlab.core import attach
 from peftlab.core.bias_site import BiasDelta
 from peftlab.core.config import MethodConfig
+from peftlab.core.context import CallContext, current_call, enter_call, exit_call, keep_losses, kept_losses, pending
 from peftlab.core.copy_site import CopySite
-from peftlab.core.layer import AdaptedLayer, MergeableSite
-from peftlab.core.targets import modules_to_save_for
-from peftlab.errors import AdapterSaveError, AdapterStateError, TargetError
-
-
-def check_adapter_name(name: str) -> str:
-    if not isinstance(name, str) or not name.isidentifier():
-        raise AdapterStateError(f"adapter name {name!r} is not a plain identifier (letters, digits, underscores, "
-                                "not starting with a digit); choose e.g. 'default' or 'task_a'")
-    if hasattr(nn.ModuleDict, name):  # adapters live in ModuleDicts, which refuse their own attribute names
-        raise AdapterStateError(f"adapter name {name!r} is the name of a torch module method or attribute; choose "
-                                f"another, e.g. '{name}_adapter'")
-    return name
+from peftlab.core.layer import AdaptedLayer
+from peftlab.core.merge_plan import check_mergeable, check_stack, innermost_first
+from peftlab.core.names import as_names, check_adapter_name
+from peftlab.core.sites import ModelAdapter, Site, SiteRole
+from peftlab.core.targets import saved_module_paths
+from peftlab.core.view import AdapterView, SiteEntry
+from peftlab.errors import AdapterSaveError, AdapterStateError, ContractError
+from peftlab.io.adapter_files import load_adapter_into, save_adapter
 
 
 class AdaptedModel(nn.Module):
@@ -41,15 +39,14 @@ class AdaptedModel(nn.Module):
         self.base_model = base_model
         self.model_adapters = nn.ModuleDict()
         self.configs: dict[str, MethodConfig] = {}
-        self._sites: dict[str, dict[str, str]] = {}  # adapter name -> {module path: "method" | "bias" | "saved"}
+        self._sites: dict[str, dict[str, SiteRole]] = {}  # adapter name -> {module path: role}
         self._active: tuple[str, ...] = ()
         self._enabled = True
-        self._hook: Any = None
-        self._finish_hook: Any = None
-        self._prepared: tuple[str, ...] = ()  # model adapters whose prepare() ran in the current call
         self.train(base_model.training)
         for param in base_model.parameters():
             param.requires_grad_(False)
+        self._hooks = (base_model.register_forward_pre_hook(self._open_call, with_kwargs=True),
+                       base_model.register_forward_hook(self._close_call, always_call=True))
 
     # --- calling ------------------------------------------------------------------------------------------------
     def forward(self, *args: Any, **kwargs: Any) -> Any:
@@ -61,22 +58,37 @@ class AdaptedModel(nn.Module):
         except AttributeError:
             return getattr(self._modules["base_model"], name)
 
-    def _prepare_inputs(self, module: nn.Module, args: tuple, kwargs: dict) -> tuple[tuple, dict] | None:
-        self._prepared = ()
-        if not self._enabled:
+    def get_base_model(self) -> nn.Module:
+        """The model the adapters are attached to."""
+        return self._modules["base_model"]
+
+    def _live_model_adapters(self) -> tuple[str, ...]:
+        return tuple(n for n in self._active if n in self.model_adapters) if self._enabled else ()
+
+    def _open_call(self, module: nn.Module, args: tuple, kwargs: dict) -> tuple[tuple, dict] | None:
+        """Forward pre-hook of the base model: open this call's context (when it needs one) and let the active
+        model-level adapters rewrite the inputs."""
+        names = self._live_model_adapters()
+        routing = pending().get("routing")
+        call = CallContext(routing) if names or routing is not None else None
+        enter_call(call)  # every call pushes one entry (None: no context), and _close_call pops it
+        if call is None:
             return None
-        prepared = tuple(name for name in self._active if name in self.model_adapters)
-        for name in prepared:
-            args, kwargs = self.model_adapters[name].prepare(args, kwargs)
-        self._prepared = prepared
+        for name in names:
+            args, kwargs = self.model_adapters[name].prepare(args, kwargs, call)
+            call.prepared += (name,)
         return args, kwargs
 
-    def _finish_outputs(self, module: nn.Module, args: tuple, output: Any) -> Any:
-        prepared, self._prepared = self._prepared, ()
-        for name in reversed(prepared):
-            finish = getattr(self.model_adapters[name], "finish", None) if name in self.model_adapters else None
-            if finish is not None:
-                output = finish(output)
+    def _close_call(self, module: nn.Module, args: tuple, output: Any) -> Any:
+        """Forward hook of the base model, run even when the call raised: model-level adapters rewrite the
+        outputs (last prepared first), and the call's context closes."""
+        call = current_call()
+        exit_call()
+        if call is None or output is None:
+            return None
+        for name in reversed(call.prepared):
+            output = self.model_adapters[name].finish(output, call)
+        keep_losses(self, call.losses)
         return output
 
     # --- adapters -----------------------------------------------------------------------------------------------
@@ -92,6 +104,26 @@ class AdaptedModel(nn.Module):
     def active_adapter(self) -> str | None:
         return self._active[0] if self._active else None
 
+    def adapter(self, name: str) -> AdapterView:
+        """A read-only view of adapter `name`: its config, sites (path, role, site, base module), model adapter."""
+        self._require(name)
+        base = self.get_base_model()
+        sites = {}
+        for path, role in self._sites[name].items():
+            layer: AdaptedLayer = base.get_submodule(path)
+            sites[path] = SiteEntry(path, role, layer.adapters[name], layer.base_layer)
+        shared = self.model_adapters[name] if name in self.model_adapters else None  # noqa: SIM401  (ModuleDict)
+        return AdapterView(name, self.configs[name], sites, shared, base)
+
+    def site_adapters(self, name: str) -> dict[str, tuple[nn.Module, nn.Module]]:
+        """{module path: (site adapter, base module)} for one adapter."""
+        return {path: (e.site, e.module) for path, e in self.adapter(name).sites.items()}
+
+    def site_kinds(self, name: str) -> dict[str, SiteRole]:
+        """{module path: role} for one adapter."""
+        self._require(name)
+        return dict(self._sites[name])
+
     def add_adapter(self, adapter_name: str, config: MethodConfig) -> None:
         """Attach a new adapter. The first adapter becomes active; later ones wait for `set_adapter`."""
         check_adapter_name(adapter_name)
@@ -100,40 +132,37 @@ class AdaptedModel(nn.Module):
                                     "or pick another name")
         if not isinstance(config, MethodConfig):
             raise TypeError(f"config must be a method config such as peftlab.LoRA(...), got {type(config).__name__}")
-        base = self.base_model
+        base = self.get_base_model()
         sites = config.select_sites(base)
-        saved = self._resolve_saved(config)
+        saved = saved_module_paths(base, config)
         shared = config.build_model_adapter(base)
-        placed: dict[str, str] = {}
         if shared is not None:
+            _check_built(config, shared, config.model_adapter_type, "build_model_adapter")
             self.model_adapters[adapter_name] = shared.train(base.training)
-            self._ensure_hook()
-        builders: list[tuple[str, Sequence[str], Callable[[nn.Module, str], nn.Module]]] = [
-            ("method", list(sites), lambda module, path: config.build_site(module, path, shared)),
-            ("bias", list(config.bias_only_sites(base, sites)),
+        builders: list[tuple[SiteRole, Sequence[str], Callable[[nn.Module, str], nn.Module]]] = [
+            (SiteRole.METHOD, list(sites), lambda module, path: config.build_site(module, path, shared)),
+            (SiteRole.BIAS, list(config.bias_only_sites(base, sites)),
              lambda module, path: BiasDelta(module, absolute_in_files=True)),
-            ("saved", saved, lambda module, path: CopySite(module))]
-        for kind, paths, build in builders:
-            for path in paths:
-                layer = attach.wrap(base, path)
-                site = attach.place_like(build(layer.base_layer, path), layer.base_layer)
-                layer.adapters[adapter_name] = site.train(layer.base_layer.training)
-                placed[path] = kind
+            (SiteRole.SAVED, saved, lambda module, path: CopySite(module))]
+        placed: dict[str, SiteRole] = {}
+        try:
+            for role, paths, build in builders:
+                for path in paths:
+                    layer = attach.wrap(base, path)
+                    site = build(layer.base_layer, path)
+                    if role is SiteRole.METHOD:
+                        _check_built(config, site, config.site_types, "build_site")
+                    site = attach.place_like(site, layer.base_layer)
+                    layer.adapters[adapter_name] = site.train(layer.base_layer.training)
+                    placed[path] = role
+        except BaseException:
+            self._sites[adapter_name] = placed
+            self.configs[adapter_name] = config
+            self.delete_adapter(adapter_name)
+            raise
         self.configs[adapter_name] = config
         self._sites[adapter_name] = placed
         self.set_adapter(self._active or (adapter_name,))
-
-    def _resolve_saved(self, config: MethodConfig) -> list[str]:
-        wanted = modules_to_save_for(self.base_model, config)
-        names = {n for n, _ in self.base_model.named_modules() if n}
-        paths: list[str] = []
-        for key in wanted:
-            hits = [n for n in names if (n == key or n.endswith("." + key)) and ".base_layer" not in n
-                    and ".adapters." not in n]
-            if not hits and config.modules_to_save is not None:
-                raise TargetError(f"modules_to_save entry {key!r} matches no module of the model")
-            paths += [h for h in hits if not any(h.startswith(p + ".") for p in hits)]
-        return sorted(set(paths))
 
     def set_adapter(self, adapter_name: str | Sequence[str]) -> None:
         """Make one adapter (or several, applied together) active and trainable; the others are frozen."""
@@ -150,7 +179,7 @@ class AdaptedModel(nn.Module):
 
     def _refresh(self) -> None:
         live = self._active if self._enabled else ()
-        layers = attach.adapted_layers(self.base_model)
+        layers = attach.adapted_layers(self.get_base_model())
         for layer in layers.values():
             layer.set_active(live)
         for name in self.configs:
@@ -163,36 +192,26 @@ class AdaptedModel(nn.Module):
         if name not in self.configs:
             raise AdapterStateError(f"no adapter named {name!r}; this model has {self.adapters or 'no adapters'}")
 
-    def _adapter_parameters(self, name: str, layers: dict[str, nn.Module] | None = None) -> Iterator[nn.Parameter]:
+    def _adapter_parameters(self, name: str, layers: dict[str, AdaptedLayer] | None = None
+                            ) -> Iterator[nn.Parameter]:
         """The adapter's parameters; `layers` (attach.adapted_layers of the base model) saves looking each one up."""
+        base = self.get_base_model()
         for path in self._sites[name]:
-            layer = layers[path] if layers is not None else self.base_model.get_submodule(path)
+            layer = layers[path] if layers is not None else base.get_submodule(path)
             yield from layer.adapters[name].parameters()
         if name in self.model_adapters:
             yield from self.model_adapters[name].parameters()
-
-    def site_adapters(self, name: str) -> dict[str, tuple[nn.Module, nn.Module]]:
-        """{module path: (site adapter, base module)} for one adapter."""
-        self._require(name)
-        out = {}
-        for path in self._sites[name]:
-            layer: AdaptedLayer = self.base_model.get_submodule(path)
-            out[path] = (layer.adapters[name], layer.base_layer)
-        return out
-
-    def site_kinds(self, name: str) -> dict[str, str]:
-        self._require(name)
-        return dict(self._sites[name])
 
     def delete_adapter(self, adapter_name: str) -> None:
         self._require(adapter_name)
         if adapter_name in self.merged_adapters:
             raise AdapterStateError(f"adapter {adapter_name!r} is merged; call unmerge() before deleting it")
+        base = self.get_base_model()
         for path in self._sites.pop(adapter_name):
-            layer: AdaptedLayer = self.base_model.get_submodule(path)
+            layer: AdaptedLayer = base.get_submodule(path)
             del layer.adapters[adapter_name]
             if not len(layer.adapters):
-                attach.unwrap(self.base_model, path)
+                attach.unwrap(base, path)
         if adapter_name in self.model_adapters:
             del self.model_adapters[adapter_name]
         del self.configs[adapter_name]
@@ -200,21 +219,19 @@ class AdaptedModel(nn.Module):
         self._active = remaining or ((self.adapters[0],) if self.adapters else ())
         self._refresh()
 
-    def add_weighted_adapter(self, adapters: Sequence[str], weights: Sequence[float], adapter_name: str,
+    def add_weighted_adapter(self, adapters: str | Sequence[str], weights: Sequence[float], adapter_name: str,
                              combination_type: str | None = None, svd_rank: int | None = None,
                              svd_clamp: float | None = None, density: float | None = None,
                              majority_sign_method: str = "total", seed: int | None = None) -> None:
         """Add `adapter_name`: `adapters` combined with `weights` (negative ones subtract); it is not activated.
 
-        LoRA: combination_type "cat" (exact, rank Σ r_i), "svd" (default: the best rank-`svd_rank` approximation of
-        Σ w_i ΔW_i, rank max r_i if not given), "ties_svd" / "dare_linear_svd" / "dare_ties_svd" /
-        "magnitude_prune_svd" (prune with `density`, elect signs by `majority_sign_method`, then svd), or Hugging Face
-        PEFT's factor-wise "linear" / "ties" / "dare_linear" / "dare_ties" / "magnitude_prune" (one rank; rough).
-        Other methods: "linear" (default), the weighted average of same-config adapters. `seed` fixes DARE's draws.
-        Equations: peftlab/compose/. Raises AdapterCombineError before anything is added.
+        Low-rank adapters (LoRA): combination_type "cat" (exact, rank Σ r_i), "svd" (default: the best
+        rank-`svd_rank` approximation of Σ w_i ΔW_i, rank max r_i if not given), "ties_svd" / "dare_linear_svd" /
+        "dare_ties_svd" / "magnitude_prune_svd" (prune with `density`, elect signs by `majority_sign_method`, then
+        svd), or Hugging Face PEFT's factor-wise "linear" / "ties" / "dare_linear" / "dare_ties" / "magnitude_prune"
+        (one rank; rough). Other methods: "linear" (default), the weighted average of same-config adapters. `seed`
+        fixes DARE's draws. Equations: peftlab/compose/. Raises AdapterCombineError before anything is added.
         """
-        from peftlab.compose.weighted_adapter import add_weighted_adapter
-
         add_weighted_adapter(self, adapters, weights, adapter_name, combination_type, svd_rank, svd_clamp, density,
                              majority_sign_method, seed)
 
@@ -232,65 +249,55 @@ class AdaptedModel(nn.Module):
             self._enabled = previous
             self._refresh()
 
+    # --- objectives ---------------------------------------------------------------------------------------------
+    def regularization_loss(self) -> torch.Tensor:
+        """The loss terms the active adapters add to the training objective: their sites' and model adapters' own
+        terms (e.g. KaSA's), plus the terms collected during this thread's last call of the model (activation-based
+        objectives). Add it to the task loss: `loss = out.loss + model.regularization_loss()`. Zero when none."""
+        terms: list[torch.Tensor] = []
+        if self._enabled:
+            for name in self._active:
+                view = self.adapter(name)
+                for entry in view.entries(SiteRole.METHOD):
+                    term = entry.site.regularization_loss()
+                    if term is not None:
+                        terms.append(term)
+                if view.model_adapter is not None and (term := view.model_adapter.regularization_loss()) is not None:
+                    terms.append(term)
+        terms += kept_losses(self)
+        if not terms:
+            reference = next(self.parameters(), None)
+            return torch.zeros((), device=reference.device if reference is not None else None)
+        return torch.stack([t.float().reshape(()) for t in terms]).sum()
+
     # --- merging ------------------------------------------------------------------------------------------------
     @property
     def merged_adapters(self) -> list[str]:
         merged: list[str] = []
-        for layer in attach.adapted_layers(self.base_model).values():
+        for layer in attach.adapted_layers(self.get_base_model()).values():
             merged += [n for n in layer.merged if n not in merged]
         return merged
-
-    def _check_mergeable(self, names: Sequence[str]) -> None:
-        owners = self._parameter_owners()
-        for name in names:
-            self._require(name)
-            method = self.configs[name].card
-            if not method.mergeable:
-                raise AdapterStateError(f"adapter {name!r} uses {method.name}, which is not mergeable "
-                                        f"({method.kind.value}); it must stay attached. Use the AdaptedModel as is, "
-                                        "or unload() to drop it")
-            for path, (site, module) in self.site_adapters(name).items():
-                if not isinstance(site, MergeableSite):
-                    raise AdapterStateError(f"adapter {name!r} at {path!r} cannot be merged")
-                for param in module.parameters(recurse=False):
-                    shared = [p for p in owners[id(param)] if p != path]
-                    if shared:
-                        raise AdapterStateError(
-                            f"adapter {name!r} cannot be merged: the weights of {path!r} are tied to {shared[0]!r}, "
-                            "so folding the update in would change that module too. Keep the adapter unmerged, or "
-                            "untie the weights first (e.g. config.tie_word_embeddings=False)")
-
-    def _parameter_owners(self) -> dict[int, list[str]]:
-        """Parameter id -> paths of the base modules holding it (several paths: tied weights)."""
-        owners: dict[int, list[str]] = {}
-        for path, module in self.base_model.named_modules(remove_duplicate=False):
-            if isinstance(module, AdaptedLayer):
-                continue
-            path = path.removesuffix(".base_layer")
-            for param in module.parameters(recurse=False):
-                owners.setdefault(id(param), []).append(path)
-        return owners
 
     def merge_adapter(self, adapter_names: str | Sequence[str] | None = None) -> None:
         """Fold adapters (default: the active ones) into the base weights, in place; `unmerge()` undoes it.
 
         Stacked adapters fold innermost first (the last active one first), so the merged model computes what the
-        unmerged stack did. A stack that no fold order reproduces is refused (see `_check_stack`).
+        unmerged stack did. A stack that no fold order reproduces is refused (core/merge_plan.py).
         """
         names = as_names(adapter_names) if adapter_names is not None else self._active
-        self._check_mergeable(names)
-        inner_first = sorted(names, key=lambda n: -self._active.index(n) if n in self._active else -len(self._active))
-        layers = attach.adapted_layers(self.base_model)
+        base = self.get_base_model()
+        check_mergeable([self.adapter(name) for name in names], base)
+        layers = attach.adapted_layers(base)
         for path in {p for name in names for p in self._sites[name]}:
-            _check_stack(layers[path], self._active, set(names), path)
-        for name in inner_first:
+            check_stack(layers[path], self._active, set(names), path)
+        for name in innermost_first(names, self._active):
             for path in self._sites[name]:
                 layers[path].merge(name)
         self._refresh()
 
     def unmerge(self) -> None:
         """Restore the base weights from every merged adapter."""
-        for layer in attach.adapted_layers(self.base_model).values():
+        for layer in attach.adapted_layers(self.get_base_model()).values():
             layer.unmerge()
         self._refresh()
 
@@ -301,21 +308,17 @@ class AdaptedModel(nn.Module):
 
     def unload(self) -> nn.Module:
         """Remove every adapter (merged ones stay folded in) and return the base model."""
-        for path in attach.adapted_layers(self.base_model):
-            attach.unwrap(self.base_model, path)
-        for hook in (self._hook, self._finish_hook):
-            if hook is not None:
-                hook.remove()
-        self._hook = self._finish_hook = None
+        base = self.get_base_model()
+        for path in attach.adapted_layers(base):
+            attach.unwrap(base, path)
+        for hook in self._hooks:
+            hook.remove()
+        self._hooks = ()
+        self.model_adapters.clear()
         self.configs.clear()
         self._sites.clear()
         self._active = ()
-        return self.base_model
-
-    def _ensure_hook(self) -> None:
-        if self._hook is None:
-            self._hook = self.base_model.register_forward_pre_hook(self._prepare_inputs, with_kwargs=True)
-            self._finish_hook = self.base_model.register_forward_hook(self._finish_outputs)
+        return base
 
     # --- counting -----------------------------------------------------------------------------------------------
     def trainable_parameters(self) -> int:
@@ -328,14 +331,13 @@ class AdaptedModel(nn.Module):
         """Method, sites adapted, trainable / total parameters and percentage, per adapter."""
         lines = []
         for name, config in self.configs.items():
-            kinds = self._sites[name]
-            n_method = sum(1 for k in kinds.values() if k in ("method", "bias"))
-            saved = [p for p, k in kinds.items() if k == "saved"]
-            count = sum(p.numel() for p in self._adapter_parameters(name))
+            view = self.adapter(name)
+            n_method = sum(1 for e in view.entries() if e.role in (SiteRole.METHOD, SiteRole.BIAS))
+            saved = view.paths(SiteRole.SAVED)
+            count = sum(p.numel() for p in view.parameters())
             state = "active" if name in self._active else "inactive"
             extra = f", trained in full: {', '.join(saved)}" if saved else ""
-            shared = self.model_adapters[name] if name in self.model_adapters else None  # noqa: SIM401  (ModuleDict)
-            has_tensors = shared is not None and any(True for _ in shared.parameters())
+            has_tensors = view.model_adapter is not None and any(True for _ in view.model_adapter.parameters())
             level = ", with model-level tensors" if has_tensors else ""
             lines.append(f"adapter {name!r} ({state}): {config.card.name} at {n_method} site(s){level}{extra}; "
                          f"{count:,} parameters")
@@ -349,16 +351,13 @@ class AdaptedModel(nn.Module):
 
         The adapter named "default" goes to `path` itself, others to `path/<name>/`, as Hugging Face PEFT does.
         """
-        from peftlab.io.adapter_files import save_adapter
-
         path = Path(path)
         blocking = next((p for p in (path, *path.parents) if p.exists()), None)
         if blocking is not None and not blocking.is_dir():
             raise AdapterSaveError(f"cannot save adapters to {path}: {blocking} is a file; pass a folder path (it "
                                    "is created if missing)")
         for name in as_names(adapter_names) if adapter_names is not None else self.adapters:
-            self._require(name)
-            save_adapter(self, name, path if name == "default" else path / name)
+            save_adapter(self.adapter(name), path if name == "default" else path / name)
 
     def save_pretrained(self, save_directory: str | Path, **_: Any) -> None:
         """Alias of `save` for code written against Hugging Face PEFT."""
@@ -366,46 +365,19 @@ class AdaptedModel(nn.Module):
 
     def load_adapter(self, path: str | Path, adapter_name: str = "default") -> None:
         """Read an adapter folder (ours or Hugging Face PEFT's) and add it under `adapter_name`."""
-        from peftlab.io.adapter_files import load_adapter_into
-
         load_adapter_into(self, Path(path), adapter_name)
-
-    def get_base_model(self) -> nn.Module:
-        return self.base_model
 
     def __reduce_ex__(self, protocol: Any) -> tuple:
         """Pickling (torch.save(model), multiprocessing): the class made for the base class is rebuilt on load."""
         return _new_adapted, (type(self._modules["base_model"]),), self.__dict__
 
 
-def as_names(value: str | Sequence[str]) -> tuple[str, ...]:
-    """One adapter name or several, as a tuple; a plain string is one name, not its letters."""
-    if isinstance(value, str):
-        return (value,)
-    if not isinstance(value, Sequence) or not all(isinstance(v, str) for v in value):
-        raise AdapterStateError(f"expected an adapter name or a list of names, got {value!r}")
-    return tuple(value)
-
-
-def _check_stack(layer: AdaptedLayer, active: tuple[str, ...], merging: set[str], path: str) -> None:
-    """Folding `merging` innermost first reproduces the stack at this layer unless an adapter that stays unmerged
-    runs inside a merged one (exact only when both only add to the output: LoRA, BitFit, sparse deltas), or a
-    merged adapter whose update depends on the base weight (DoRA) has another adapter inside it."""
-    chain = [n for n in active if n in layer.adapters and n not in layer.merged]  # outermost first
-    for i, name in enumerate(chain):
-        if name not in merging:
-            continue
-        inner = chain[i + 1:]
-        site = layer.adapters[name]
-        if inner and getattr(site, "reads_base_weight", False):
-            raise AdapterStateError(f"cannot merge {name!r} at {path!r}: its update depends on the base weight, and "
-                                    f"{inner} run inside it there; activate {name!r} alone to merge it")
-        kept = [n for n in inner if n not in merging]
-        if kept and not (getattr(site, "additive", False)
-                         and all(getattr(layer.adapters[n], "additive", False) for n in kept)):
-            raise AdapterStateError(f"cannot merge {name!r} at {path!r} while {kept} stay unmerged inside it: the "
-                                    "result would differ from the unmerged model. Merge them together, e.g. "
-                                    "merge_adapter() for all active adapters")
+def _check_built(config: MethodConfig, built: nn.Module, declared: Any, hook: str) -> None:
+    """A method's hook returned an instance of a class it declared (site_types / model_adapter_type)."""
+    classes = declared if isinstance(declared, tuple) else (declared,) if declared is not None else ()
+    if not isinstance(built, classes) or not isinstance(built, (Site, ModelAdapter)):
+        raise ContractError(f"method {config.card.id!r}: {hook}() returned a {type(built).__name__}, which is not "
+                            f"among the classes it declares ({', '.join(c.__name__ for c in classes) or 'none'})")
 
 
 @functools.cache
@@ -420,7 +392,7 @@ def adapted_class(base_cls: type) -> type[AdaptedModel]:
 
     @functools.wraps(base_cls.forward)
     def forward(self: AdaptedModel, *args: Any, **kwargs: Any) -> Any:
-        return self.base_model(*args, **kwargs)
+        return AdaptedModel.forward(self, *args, **kwargs)
 
     return type(f"Adapted{base_cls.__name__}", (AdaptedModel,), {"forward": forward, "__module__": __name__})
 

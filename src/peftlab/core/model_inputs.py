@@ -8,8 +8,9 @@ questions, answered here once:
 - which argument is which, when some were passed by position (`bind_arguments`);
 - does this call start a sequence, or continue a cache that already holds the sequence's start, virtual tokens
   included (`continues_cache`)? As in Hugging Face PEFT, a non-empty cache passed in is taken to come from earlier
-  calls with the same adapters active. Key/value prefixes are written into the cache before the model runs; they are
-  counted on the cache object (`note_virtual_tokens`) so that they do not make the call look like a continuation;
+  calls with the same adapters active. Key/value prefixes are written into the cache before the model runs; the
+  call's context counts them (`CallContext.note_virtual_tokens`) so that they do not make the call look like a
+  continuation;
 - making room for n virtual tokens in front: masks get n ones (`prepend_ones`), positions move by n.
 """
 
@@ -22,9 +23,9 @@ from typing import Any
 import torch
 from torch import nn
 
+from peftlab.core.context import CallContext
 from peftlab.errors import AdapterStateError, TargetError
 
-_VIRTUAL = "_peftlab_virtual_tokens"
 _POSITIONAL = (inspect.Parameter.POSITIONAL_ONLY, inspect.Parameter.POSITIONAL_OR_KEYWORD)
 
 
@@ -78,15 +79,10 @@ def cache_argument(model_cls: type) -> str:
     return next((name for name in CACHE_ARGUMENTS if name in parameters), "past_key_values")
 
 
-def continues_cache(kwargs: dict[str, Any]) -> bool:
-    """True when the call continues a cache holding earlier tokens (not just key/value prefixes of this call)."""
+def continues_cache(kwargs: dict[str, Any], call: CallContext) -> bool:
+    """True when the call continues a cache holding earlier tokens (not just key/value prefixes this call wrote)."""
     cache = find_cache(kwargs)
-    return cache is not None and _cache_length(cache) > getattr(cache, _VIRTUAL, 0)
-
-
-def note_virtual_tokens(cache: Any, n: int) -> None:
-    """Record that `n` key/value positions were written into `cache` ahead of the call's tokens."""
-    setattr(cache, _VIRTUAL, getattr(cache, _VIRTUAL, 0) + n)
+    return cache is not None and _cache_length(cache) > call.virtual_in(cache)
 
 
 def prepend_ones(mask: torch.Tensor | None, n: int, name: str = "attention_mask") -> torch.Tensor | None:

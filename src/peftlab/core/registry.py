@@ -1,64 +1,89 @@
-"""The method registry: a method joins by decorating its config class with `@register`."""
+"""The method registry: an ordered list of methods, each checked against the contract when it joins.
+
+peftlab's own methods are listed, in order, in `peftlab.methods.BUILTIN` and registered when peftlab is imported;
+a user's method joins with `peftlab.register(MyConfig)`. Registration checks everything the core will rely on and
+names what is missing: a card, a study learning rate, the classes the method builds (their attach kind, abstract
+methods, trait names: core/sites.py), the hooks that build them, and a file format.
+"""
 
 from __future__ import annotations
 
-import difflib
-import functools
+from collections.abc import Iterable
 from typing import Any, TypeVar
 
-from peftlab.core.config import MethodConfig
-from peftlab.errors import ConfigError
+from peftlab.core.config import REGISTERED, MethodConfig, registered
+from peftlab.core.sites import check_model_adapter_class, check_site_class
+from peftlab.core.typology import MethodCard
+from peftlab.errors import ContractError
+from peftlab.io.formats import FileFormat, NativeFormat
 
-_METHODS: dict[str, type[MethodConfig]] = {}
 ConfigT = TypeVar("ConfigT", bound=type[MethodConfig])
 
 
 def register(config_cls: ConfigT) -> ConfigT:
-    """Add a method (its config class, carrying `card`) to the registry. Ids are never substrings of each other."""
+    """Add a method (its config class) to the registry, after checking its contract. Returns the class."""
+    _check_contract(config_cls)
     method_id = config_cls.card.id
-    if not method_id.isidentifier() or method_id != method_id.lower():
-        raise ValueError(f"method id {method_id!r} must be a lower-case identifier")
-    existing = _METHODS.get(method_id)
+    existing = REGISTERED.get(method_id)
     if existing is not None and existing is not config_cls:
-        raise ValueError(f"method id {method_id!r} is registered twice")
-    for other in _METHODS:
-        if other != method_id and (other in method_id or method_id in other):
-            raise ValueError(f"method ids {other!r} and {method_id!r} must not be substrings of each other")
-    _check_names_on_construction(config_cls)
-    _METHODS[method_id] = config_cls
+        raise ContractError(f"method id {method_id!r} is registered already (by {existing.__name__}); choose "
+                            "another id")
+    if "file_format" not in vars(config_cls):
+        config_cls.file_format = NativeFormat(config_cls)
+    REGISTERED[method_id] = config_cls
     return config_cls
 
 
-def _check_names_on_construction(config_cls: type) -> None:
-    """`LoRA(rr=3)` raises ConfigError naming the closest fields, instead of the dataclass's bare TypeError."""
-    init = config_cls.__init__
-    if getattr(init, "_checks_names", False):
-        return
-
-    @functools.wraps(init)
-    def __init__(self: Any, *args: Any, **kwargs: Any) -> None:
-        type(self).check_field_names(kwargs)
-        init(self, *args, **kwargs)
-
-    __init__._checks_names = True  # type: ignore[attr-defined]
-    config_cls.__init__ = __init__
+def register_all(config_classes: Iterable[type[MethodConfig]]) -> None:
+    for config_cls in config_classes:
+        register(config_cls)
 
 
-def methods() -> list[str]:
+def _check_contract(cls: type) -> None:
+    name = getattr(cls, "__name__", repr(cls))
+    if not (isinstance(cls, type) and issubclass(cls, MethodConfig)):
+        raise ContractError(f"{name} is not a MethodConfig subclass; a method is a frozen dataclass deriving from "
+                            "peftlab.MethodConfig")
+    card = vars(cls).get("card")
+    if not isinstance(card, MethodCard):
+        raise ContractError(f"{name} declares no `card: ClassVar[MethodCard]` of its own (id, name, kind, ...)")
+    method_id = card.id
+    if not (isinstance(method_id, str) and method_id.isidentifier() and method_id == method_id.lower()):
+        raise ContractError(f"{name}: method id {method_id!r} must be a lower-case identifier (e.g. 'my_lora')")
+    lr = getattr(cls, "study_lr", None)
+    if not isinstance(lr, float) or not lr > 0:
+        raise ContractError(f"method {method_id!r} declares no study_lr (a positive float: the peak learning rate "
+                            "`peftlab compare` uses for it), got {lr!r}")
+    sites, shared = cls.site_types, cls.model_adapter_type
+    if not sites and shared is None:
+        raise ContractError(f"method {method_id!r} declares neither site_types nor model_adapter_type: it builds "
+                            "nothing")
+    for hook, needed in (("supports", bool(sites)), ("build_site", bool(sites)),
+                         ("build_model_adapter", shared is not None)):
+        if needed and _inherited_from_base(cls, hook):
+            raise ContractError(f"method {method_id!r} declares what it builds but does not implement {hook}()")
+    for site_cls in sites:
+        check_site_class(site_cls, card.kind, card.mergeable, method_id)
+    if shared is not None:
+        check_model_adapter_class(shared, method_id)
+    file_format = vars(cls).get("file_format")
+    if file_format is not None and not (isinstance(file_format, FileFormat) and file_format.config_cls is cls):
+        raise ContractError(f"method {method_id!r}: file_format must be a FileFormat made for {name}")
+
+
+def _inherited_from_base(cls: type, hook: str) -> bool:
+    """Whether `cls` leaves `hook` as MethodConfig's placeholder."""
+    return getattr(cls, hook) is getattr(MethodConfig, hook)
+
+
+def method_ids() -> list[str]:
     """The ids of every registered method, in registration order."""
-    _load_builtin_methods()
-    return list(_METHODS)
+    return list(REGISTERED)
 
 
 def get_method(method_id: str) -> type[MethodConfig]:
     """The config class of a method id; ConfigError with the closest ids when unknown."""
-    _load_builtin_methods()
-    try:
-        return _METHODS[method_id]
-    except KeyError:
-        close = difflib.get_close_matches(str(method_id), list(_METHODS), n=3)
-        hint = f"; did you mean {', '.join(close)}?" if close else ""
-        raise ConfigError(f"unknown method {method_id!r}{hint} Registered methods: {', '.join(_METHODS)}") from None
+    return registered(method_id)
 
 
 def config_for(method_id: str, **fields: Any) -> MethodConfig:
@@ -66,14 +91,6 @@ def config_for(method_id: str, **fields: Any) -> MethodConfig:
     return get_method(method_id)(**fields)
 
 
-def _load_builtin_methods() -> None:
-    import peftlab.methods  # noqa: F401  (importing the package registers every built-in method)
-
-
-def method_for_file_type(peft_type: str) -> type[MethodConfig] | None:
-    """The first registered method whose adapter_config.json "peft_type" is `peft_type` (None if there is none)."""
-    _load_builtin_methods()
-    for config_cls in _METHODS.values():
-        if config_cls.file_type() == peft_type:
-            return config_cls
-    return None
+def formats_for(peft_type: str) -> list[FileFormat]:
+    """The file formats of registered methods that write `peft_type` (a base method and its variants)."""
+    return [cls.file_format for cls in REGISTERED.values() if cls.file_format.peft_type == peft_type]

@@ -15,6 +15,7 @@ from typing import TYPE_CHECKING
 
 from torch import nn
 
+from peftlab.core.layer import AdaptedLayer
 from peftlab.errors import TargetError
 
 if TYPE_CHECKING:
@@ -60,8 +61,6 @@ def name_matches(name: str, spec: TargetSpec) -> bool:
 
 def candidate_modules(model: nn.Module) -> Iterator[tuple[str, nn.Module]]:
     """Every named module a method may adapt: the model's own modules, seen through any peftlab wrapper."""
-    from peftlab.core.layer import AdaptedLayer
-
     skip: list[str] = []
     for name, module in model.named_modules():
         if not name or any(name.startswith(prefix) for prefix in skip):
@@ -100,6 +99,21 @@ def auto_modules_to_save(model: nn.Module) -> tuple[str, ...]:
 
 def modules_to_save_for(model: nn.Module, config: MethodConfig) -> tuple[str, ...]:
     return config.modules_to_save if config.modules_to_save is not None else auto_modules_to_save(model)
+
+
+def saved_module_paths(model: nn.Module, config: MethodConfig) -> list[str]:
+    """The paths of the modules `config` trains in full (modules_to_save), outermost only; TargetError for an
+    entry the user named that matches nothing."""
+    wanted = modules_to_save_for(model, config)
+    names = {n for n, _ in model.named_modules() if n}
+    paths: list[str] = []
+    for key in wanted:
+        hits = [n for n in names if (n == key or n.endswith("." + key)) and ".base_layer" not in n
+                and ".adapters." not in n]
+        if not hits and config.modules_to_save is not None:
+            raise TargetError(f"modules_to_save entry {key!r} matches no module of the model")
+        paths += [h for h in hits if not any(h.startswith(p + ".") for p in hits)]
+    return sorted(set(paths))
 
 
 def select_modules(model: nn.Module, config: MethodConfig) -> dict[str, nn.Module]:

@@ -1,9 +1,9 @@
 """Adapter folders in Hugging Face PEFT's layout: adapter_config.json + adapter_model.safetensors.
 
 Tensor keys are "base_model.model.<module path>.<site key>" for tensors living at a module (lora_A.weight,
-lora_magnitude_vector, a saved head's weight, ...; the prefix is the method config's `file_prefix`) and bare names for
-model-level tensors (prompt_embeddings). A model-level adapter may add base-model-dependent entries to
-adapter_config.json through `file_config()`.
+lora_magnitude_vector, a saved head's weight, ...; the prefix is the method's file format's `file_prefix`) and bare
+names for model-level tensors (prompt_embeddings). What adapter_config.json holds is the method's file format's
+business (io/formats.py); this module reads and writes folders.
 Only JSON and safetensors are ever read. Our full config travels in the safetensors metadata ("peftlab_config"), so
 options Hugging Face PEFT lacks survive a round trip without adding unknown keys to adapter_config.json. Once
 adapter_config.json is edited (its digest no longer matches the one in the metadata), the JSON file is read instead.
@@ -11,6 +11,7 @@ adapter_config.json is edited (its digest no longer matches the one in the metad
 
 from __future__ import annotations
 
+import difflib
 import hashlib
 import json
 from pathlib import Path
@@ -20,14 +21,15 @@ import torch
 from safetensors import safe_open
 from safetensors.torch import save_file
 
-import peftlab
-from peftlab.core.config import MethodConfig
-from peftlab.core.layer import expected_state, export_state, import_state
+from peftlab._version import __version__
+from peftlab.core.config import REGISTERED, MethodConfig
 from peftlab.core.model_inputs import hf_task_type
-from peftlab.core.registry import method_for_file_type
-from peftlab.core.targets import AUTO_SAVED_HEADS, stores_weight_transposed
+from peftlab.core.sites import SiteRole
+from peftlab.core.targets import AUTO_SAVED_HEADS, name_matches
+from peftlab.core.view import AdapterView
 from peftlab.errors import AdapterLoadError, ConfigError, PeftlabError
 from peftlab.io.atomic import atomic_path, write_text_atomic
+from peftlab.io.formats import FileFormat
 
 if TYPE_CHECKING:
     from peftlab.core.model import AdaptedModel
@@ -36,39 +38,27 @@ CONFIG_NAME = "adapter_config.json"
 WEIGHTS_NAME = "adapter_model.safetensors"
 
 
-def adapter_tensors(model: AdaptedModel, name: str, expected: bool = False) -> dict[str, torch.Tensor]:
+def adapter_tensors(adapter: AdapterView, expected: bool = False) -> dict[str, torch.Tensor]:
     """Every tensor of one adapter under its file key (`expected`: the ones a load of it must supply)."""
-    prefix = model.configs[name].file_prefix
-    state = expected_state if expected else export_state
+    prefix = adapter.config.file_format.file_prefix
     tensors: dict[str, torch.Tensor] = {}
-    for path, (site, module) in model.site_adapters(name).items():
-        for key, value in state(site, module).items():
-            tensors[f"{prefix}{path}.{key}"] = value
-    if name in model.model_adapters:
-        tensors.update(state(model.model_adapters[name], model.base_model))
+    for path, state in adapter.state(expected).items():
+        for key, value in state.items():
+            tensors[f"{prefix}{path}.{key}" if path else key] = value
     return tensors
 
 
-def save_adapter(model: AdaptedModel, name: str, folder: Path) -> None:
+def save_adapter(adapter: AdapterView, folder: Path) -> None:
     """Write one adapter to `folder` atomically (each file replaced in one rename)."""
-    config = model.configs[name]
-    kinds = model.site_kinds(name)
-    sites = sorted(p for p, k in kinds.items() if k == "method")
-    saved = sorted(p for p, k in kinds.items() if k == "saved")
-    file_config = config.to_file_config(sites, saved)
-    if "fan_in_fan_out" in file_config and any(stores_weight_transposed(module)
-                                               for _, module in model.site_adapters(name).values()):
-        file_config["fan_in_fan_out"] = True
-    extra = getattr(model.model_adapters[name], "file_config", None) if name in model.model_adapters else None
-    if extra is not None:
-        file_config.update(extra())
-    hf_config = getattr(model.base_model, "config", None)
+    config = adapter.config
+    file_config = config.file_format.to_file(adapter)
+    hf_config = getattr(adapter.base_model, "config", None)
     file_config["base_model_name_or_path"] = getattr(hf_config, "_name_or_path", None)
     if file_config.get("task_type") is None and hf_config is not None:
-        file_config["task_type"] = _task_type(model.base_model, saved)
-    tensors = {k: v.detach().to("cpu").contiguous().clone() for k, v in adapter_tensors(model, name).items()}
+        file_config["task_type"] = _task_type(adapter.base_model, adapter.paths(SiteRole.SAVED))
+    tensors = {k: v.detach().to("cpu").contiguous().clone() for k, v in adapter_tensors(adapter).items()}
     # Our own keys go to the safetensors metadata: Hugging Face PEFT warns about unknown adapter_config.json keys.
-    metadata = {"format": "pt", "peftlab_config": json.dumps(config.to_dict()), "peftlab_version": peftlab.__version__,
+    metadata = {"format": "pt", "peftlab_config": json.dumps(config.to_dict()), "peftlab_version": __version__,
                 "peftlab_file_config_sha256": _digest(file_config)}
     folder.mkdir(parents=True, exist_ok=True)
     with atomic_path(folder / WEIGHTS_NAME) as tmp:
@@ -113,14 +103,25 @@ def _read_config(folder: Path) -> tuple[MethodConfig, bool]:
         ours = _own_config(_metadata(weights_file), data)
         if ours is not None:
             return MethodConfig.from_dict(json.loads(ours)), True
-        peft_type = data.get("peft_type")
-        config_cls = method_for_file_type(str(peft_type))
-        if config_cls is None:
-            raise AdapterLoadError(f"{config_file}: peft_type {peft_type!r} is not a method peftlab implements "
-                                   f"(peftlab has: {', '.join(peftlab.methods())})")
-        return config_cls.from_file_config(data), False
+        return _format_for(data, config_file).from_file(data), False
     except (ConfigError, TypeError, ValueError) as err:  # a field of the wrong type or form
         raise AdapterLoadError(f"{config_file}: {err}") from None
+
+
+def _format_for(data: dict[str, Any], config_file: Path) -> FileFormat:
+    """The one registered file format that claims this adapter_config.json."""
+    peft_type = data.get("peft_type")
+    formats = [cls.file_format for cls in REGISTERED.values() if cls.file_format.peft_type == peft_type]
+    if not formats:
+        known = sorted({c.file_format.peft_type for c in REGISTERED.values()})
+        raise AdapterLoadError(f"{config_file}: peft_type {peft_type!r} is not a method peftlab implements "
+                               f"(peftlab reads: {', '.join(map(str, known))})")
+    claiming = [f for f in formats if f.claims(data)]
+    if len(claiming) != 1:
+        names = ", ".join(f.config_cls.card.id for f in claiming or formats)
+        raise AdapterLoadError(f"{config_file}: {len(claiming)} of peftlab's {peft_type} formats ({names}) read these "
+                               "fields; the file mixes options of several variants")
+    return claiming[0]
 
 
 def _digest(file_config: dict[str, Any]) -> str:
@@ -148,7 +149,7 @@ def load_adapter_into(model: AdaptedModel, folder: Path, name: str) -> None:
     """Add the adapter stored in `folder` to `model` under `name`; on any mismatch nothing is left attached."""
     config, own = _read_config(folder)
     if not own:
-        config = _present_modules_to_save(config, model.base_model)
+        config = _present_modules_to_save(config, model.get_base_model())
     try:
         model.add_adapter(name, config)
     except PeftlabError as err:
@@ -156,7 +157,7 @@ def load_adapter_into(model: AdaptedModel, folder: Path, name: str) -> None:
             raise
         raise AdapterLoadError(f"the adapter in {folder} does not fit this model: {err}") from None
     try:
-        _load_tensors(model, name, folder / WEIGHTS_NAME)
+        _load_tensors(model.adapter(name), folder / WEIGHTS_NAME)
     except BaseException:
         model.delete_adapter(name)
         raise
@@ -165,9 +166,7 @@ def load_adapter_into(model: AdaptedModel, folder: Path, name: str) -> None:
 def _present_modules_to_save(config: MethodConfig, model: torch.nn.Module) -> MethodConfig:
     """Hugging Face PEFT ignores modules_to_save entries that name no module of the model (its SEQ_CLS task always
     writes ["classifier", "score"]); its files are read the same way. Saved tensors are still checked one by one."""
-    from peftlab.core.targets import name_matches
-
-    wanted = getattr(config, "modules_to_save", None)
+    wanted = config.modules_to_save
     if not wanted:
         return config
     names = [n for n, _ in model.named_modules() if n]
@@ -175,21 +174,21 @@ def _present_modules_to_save(config: MethodConfig, model: torch.nn.Module) -> Me
     return config if present == wanted else config.replace(modules_to_save=present)
 
 
-def _hf_wrapper_prefixes(model: AdaptedModel, name: str) -> tuple[str, ...]:
+def _hf_wrapper_prefixes(adapter: AdapterView) -> tuple[str, ...]:
     """Hugging Face PEFT's bias="all" also writes the biases inside its wrapper of a saved module
     ("<head>.original_module.bias", "<head>.modules_to_save.bias"): copies of the base's bias and of "<head>.bias",
     which is what is read. The file-key prefixes of these copies, to be skipped."""
-    prefix = model.configs[name].file_prefix
-    return tuple(f"{prefix}{path}.{part}." for path, kind in model.site_kinds(name).items() if kind == "saved"
+    prefix = adapter.config.file_format.file_prefix
+    return tuple(f"{prefix}{path}.{part}." for path in adapter.paths(SiteRole.SAVED)
                  for part in ("original_module", "modules_to_save"))
 
 
-def _load_tensors(model: AdaptedModel, name: str, weights_file: Path) -> None:
-    skipped = _hf_wrapper_prefixes(model, name)
+def _load_tensors(adapter: AdapterView, weights_file: Path) -> None:
+    skipped = _hf_wrapper_prefixes(adapter)
     with safe_open(str(weights_file), framework="pt") as handle:
         file_keys = [k for k in handle.keys() if not k.startswith(skipped)]  # noqa: SIM118  (not a dict)
-        expected = adapter_tensors(model, name, expected=True)
-        file_keys = [k for k in file_keys if not _is_base_copy(k, handle, model, name, expected)]
+        expected = adapter_tensors(adapter, expected=True)
+        file_keys = [k for k in file_keys if not _is_base_copy(k, handle, adapter, expected)]
         stored = {_without_adapter_name(k, expected): k for k in file_keys}  # our key -> the file's
         file_keys = list(stored)
         for key in file_keys:
@@ -204,18 +203,17 @@ def _load_tensors(model: AdaptedModel, name: str, weights_file: Path) -> None:
                 raise AdapterLoadError(f"{weights_file.name}: tensor {key!r} has shape {shape}, but this model needs "
                                        f"{tuple(target.shape)}; the adapter was made for a base model of another size")
         tensors = {k: handle.get_tensor(stored[k]) for k in file_keys}
-    prefix = model.configs[name].file_prefix
+    prefix = adapter.config.file_format.file_prefix
     by_site: dict[str, dict[str, torch.Tensor]] = {}
     for key, value in tensors.items():
         if key.startswith(prefix):
-            path = _owner(key, model, name)
+            path = _owner(key, adapter)
             by_site.setdefault(path, {})[key[len(prefix) + len(path) + 1:]] = value
-    for path, (site, module) in model.site_adapters(name).items():
-        import_state(site, _on(by_site.get(path, {}), site), module)
-    if name in model.model_adapters:
-        adapter = model.model_adapters[name]
+    for path, entry in adapter.sites.items():
+        entry.site.import_state(_on(by_site.get(path, {}), entry.site), entry.module)
+    if adapter.model_adapter is not None:
         own = {k: v for k, v in tensors.items() if not k.startswith(prefix)}
-        import_state(adapter, _on(own, adapter), model.base_model)
+        adapter.model_adapter.import_state(_on(own, adapter.model_adapter), adapter.base_model)
 
 
 def _without_adapter_name(key: str, expected: dict[str, torch.Tensor]) -> str:
@@ -225,24 +223,25 @@ def _without_adapter_name(key: str, expected: dict[str, torch.Tensor]) -> str:
         return key
     parts = key.split(".")
     for i in range(1, len(parts)):
-        if parts[i - 1].startswith(("lora_", "ia3_")):
+        if parts[i - 1].startswith(("lora_", "ia3_", "vera_")):
             candidate = ".".join(parts[:i] + parts[i + 1:])
             if candidate in expected:
                 return candidate
     return key
 
 
-def _is_base_copy(key: str, handle: Any, model: AdaptedModel, name: str, expected: dict[str, torch.Tensor]) -> bool:
+def _is_base_copy(key: str, handle: Any, adapter: AdapterView, expected: dict[str, torch.Tensor]) -> bool:
     """Whether `key` is Hugging Face PEFT's copy of an adapted embedding's or output head's own weight
     (save_embedding_layers: "<path>.base_layer.weight"). A copy equal to the model's weight is skipped; one that
     differs means the adapter was trained on a changed base (e.g. a resized vocabulary), which is refused."""
     suffix = ".base_layer.weight"
     if key in expected or not key.endswith(suffix):
         return False
-    path = key[len(model.configs[name].file_prefix):-len(suffix)]
-    if model.site_kinds(name).get(path) != "method":
+    path = key[len(adapter.config.file_format.file_prefix):-len(suffix)]
+    entry = adapter.sites.get(path)
+    if entry is None or entry.role is not SiteRole.METHOD:
         return False
-    weight = model.base_model.get_submodule(path).base_layer.weight
+    weight = entry.module.weight
     saved = handle.get_tensor(key)
     if saved.shape == weight.shape and torch.allclose(saved.to(weight), weight.detach(), rtol=0, atol=1e-6):
         return True
@@ -252,10 +251,10 @@ def _is_base_copy(key: str, handle: Any, model: AdaptedModel, name: str, expecte
                            "load its weights), then the adapter")
 
 
-def _owner(key: str, model: AdaptedModel, name: str) -> str:
+def _owner(key: str, adapter: AdapterView) -> str:
     """The longest adapted module path that prefixes a file key."""
-    body = key[len(model.configs[name].file_prefix):]
-    return max((p for p in model.site_kinds(name) if body.startswith(p + ".")), key=len, default="")
+    body = key[len(adapter.config.file_format.file_prefix):]
+    return max((p for p in adapter.sites if body.startswith(p + ".")), key=len, default="")
 
 
 def _on(state: dict[str, torch.Tensor], module: torch.nn.Module) -> dict[str, torch.Tensor]:
@@ -266,7 +265,5 @@ def _on(state: dict[str, torch.Tensor], module: torch.nn.Module) -> dict[str, to
 
 
 def _closest(key: str, expected: dict[str, torch.Tensor]) -> str:
-    import difflib
-
     close = difflib.get_close_matches(key, list(expected), n=1, cutoff=0.6)
     return f" (closest expected: {close[0]!r})" if close else ""

@@ -1,4 +1,5 @@
-"""Built-in methods. Importing this package registers each one; a new method is one new file imported here."""
+"""Built-in methods, one file each. `BUILTIN` is the registry's list, in the order `peftlab methods` shows them:
+adding a method is its file plus one line here (docs/adding-a-method.md)."""
 
 from peftlab.methods.adapter import Adapter
 from peftlab.methods.bitfit import BitFit
@@ -11,5 +12,18 @@ from peftlab.methods.prefix import PrefixTuning
 from peftlab.methods.prompt import PromptTuning
 from peftlab.methods.sparse import SparseFT
 
-__all__ = ["IA3", "Adapter", "BitFit", "DoRA", "FullFineTuning", "LoRA", "LoReFT", "PrefixTuning", "PromptTuning",
-           "SparseFT"]
+BUILTIN = (
+    LoRA,
+    DoRA,
+    BitFit,
+    FullFineTuning,
+    IA3,
+    Adapter,
+    SparseFT,
+    PromptTuning,
+    PrefixTuning,
+    LoReFT,
+)
+
+__all__ = ["BUILTIN", "IA3", "Adapter", "BitFit", "DoRA", "FullFineTuning", "LoRA", "LoReFT", "PrefixTuning",
+           "PromptTuning", "SparseFT"]

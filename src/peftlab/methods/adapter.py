@@ -25,8 +25,9 @@ import torch
 from torch import nn
 
 from peftlab.core.config import MethodConfig, TargetSpec, check, check_range, normalise_targets
+from peftlab.core.context import CallContext
 from peftlab.core.layer import BaseCall
-from peftlab.core.registry import register
+from peftlab.core.sites import InsertedSite, ModelAdapter
 from peftlab.core.targets import linear_types, name_matches, select_modules
 from peftlab.core.typology import AttachKind, MethodCard
 from peftlab.errors import AdapterStateError, TargetError
@@ -46,7 +47,6 @@ FEEDFORWARD_OUTPUTS = r"(?:.*\.)?(?:layer\.\d+\.output\.dense|ffn\.lin2|mlp\.dow
 FEEDFORWARD_INPUTS = ("intermediate.dense", "ffn.lin1", "mlp.gate_proj", "mlp.c_fc")
 
 
-@register
 @dataclasses.dataclass(frozen=True, kw_only=True)
 class Adapter(MethodConfig):
     """Bottleneck adapter hyperparameters.
@@ -67,6 +67,7 @@ class Adapter(MethodConfig):
         integration="scaled addition", param_formula="2·d·m + m + d", mergeable=False,
         paper="Houlsby et al. 2019; Pfeiffer et al. 2021; Chen et al. 2022",
         symbols="d: the site's output features (channels); m: the bottleneck size")
+    study_lr: ClassVar[float] = 3e-3
 
     bottleneck: int | None = None
     reduction_factor: float | None = None
@@ -152,27 +153,29 @@ def output_features(module: nn.Module) -> int:
     return weight.shape[0] if isinstance(module, nn.Linear) else weight.shape[1]  # Conv1D stores (d_in, d_out)
 
 
-class InputSlot(nn.Module):
-    """The input last seen by a parallel adapter's taps. Model-level only to be shared by the adapter's sites: each
-    model call starts with an empty slot, and it holds no tensors to train or save."""
+class InputSlot(ModelAdapter):
+    """Where a parallel adapter's taps leave the sublayer input for its bottlenecks, in each call's context.
+    Model-level only to be shared by the adapter's sites: it holds no tensors to train or save."""
 
-    def __init__(self) -> None:
-        super().__init__()
-        self.value: torch.Tensor | None = None
+    def put(self, call: CallContext | None, x: torch.Tensor) -> None:
+        _require_call(call).scratch(self)["value"] = x
 
-    def prepare(self, args: tuple, kwargs: dict[str, Any]) -> tuple[tuple, dict[str, Any]]:
-        self.value = None
-        return args, kwargs
-
-    def take(self, path: str) -> torch.Tensor:
-        value, self.value = self.value, None
+    def take(self, call: CallContext | None, path: str) -> torch.Tensor:
+        value = _require_call(call).scratch(self).pop("value", None)
         if value is None:
             raise AdapterStateError(f"parallel adapter at {path!r} ran before any of its sublayer_inputs; "
                                     "sublayer_inputs must name modules that run before the adapted output projection")
         return value
 
 
-class InputTap(nn.Module):
+def _require_call(call: CallContext | None) -> CallContext:
+    if call is None:
+        raise AdapterStateError("a parallel adapter's layers ran outside a call of the adapted model; call the model "
+                                "itself, not one of its layers")
+    return call
+
+
+class InputTap(InsertedSite):
     """Records the module's input for the parallel adapter at the end of the sublayer; the module runs unchanged."""
 
     def __init__(self, slot: InputSlot) -> None:
@@ -180,11 +183,11 @@ class InputTap(nn.Module):
         self._slot = [slot]  # a list: a plain reference, not a submodule (the slot belongs to the model adapters)
 
     def forward(self, x: Any, base: BaseCall) -> Any:
-        self._slot[0].value = x
+        self._slot[0].put(base.call, x)
         return base(x)
 
 
-class Bottleneck(nn.Module):
+class Bottleneck(InsertedSite):
     """down (d → m), activation, up (m → d, zero at start); Linear layers, or 1×1 convolutions at conv sites.
 
     Sequential (no slot): h = base(x); h + s·g(h). Parallel: base(x) + s·g(x_in), x_in the sublayer input.
@@ -209,7 +212,7 @@ class Bottleneck(nn.Module):
 
     def forward(self, x: torch.Tensor, base: BaseCall) -> torch.Tensor:
         h = base(x)
-        source = self._slot[0].take(self.path) if self._slot else h
+        source = self._slot[0].take(base.call, self.path) if self._slot else h
         if source.shape != h.shape:
             raise AdapterStateError(f"parallel adapter at {self.path!r}: the sublayer input has shape "
                                     f"{tuple(source.shape)}, the output {tuple(h.shape)}; sublayer_inputs must name "
@@ -217,3 +220,7 @@ class Bottleneck(nn.Module):
         weight = self.adapter_down.weight
         update = self.adapter_up(self.act(self.adapter_down(source.to(weight.dtype)))) * self.scale
         return h + update.to(h.dtype)
+
+
+Adapter.site_types = (Bottleneck, InputTap)
+Adapter.model_adapter_type = InputSlot

@@ -14,11 +14,9 @@ from torch import nn
 
 from peftlab.core.bias_site import BiasDelta, has_bias
 from peftlab.core.config import MethodConfig
-from peftlab.core.registry import register
 from peftlab.core.typology import AttachKind, MethodCard
 
 
-@register
 @dataclasses.dataclass(frozen=True, kw_only=True)
 class BitFit(MethodConfig):
     """BitFit: train bias deltas. `targets` None means every module with a bias except the output head."""
@@ -27,6 +25,8 @@ class BitFit(MethodConfig):
         id="bitfit", name="BitFit", kind=AttachKind.WEIGHT_DELTA, inserted_at="every layer with a bias",
         form="vector", integration="scaled addition (bias)", param_formula="d_out", mergeable=True,
         paper="Ben Zaken et al. 2022")
+    study_lr: ClassVar[float] = 5e-3
+    site_types: ClassVar[tuple] = (BiasDelta,)
 
     def supports(self, module: nn.Module) -> bool:
         return has_bias(module)

@@ -21,15 +21,13 @@ from torch import nn
 
 from peftlab.core.bias_site import has_bias
 from peftlab.core.layer import BaseCall
-from peftlab.core.registry import register
 from peftlab.core.targets import stores_weight_transposed
 from peftlab.core.typology import AttachKind, MethodCard
 from peftlab.kernels.dora_linear import DoRALinearFunction
 from peftlab.kernels.dropout_mask import DropoutMask
-from peftlab.methods.lora import LoRA, LoRAConv, LoRALinear
+from peftlab.methods.lora import LoRA, LoRAConvUpdate, LoraFormat, LoRALinearUpdate
 
 
-@register
 @dataclasses.dataclass(frozen=True, kw_only=True)
 class DoRA(LoRA):
     """DoRA: LoRA's hyperparameters; adds a trainable magnitude per output feature. Linear, Conv1D, Conv1d/Conv2d
@@ -40,7 +38,7 @@ class DoRA(LoRA):
         inserted_at="attention / feed-forward (any linear or convolution)",
         form="low-rank + magnitude vector", integration="rescaled addition", param_formula="r·(d_in + d_out) + d_out",
         mergeable=True, paper="Liu et al. 2024")
-    combines_low_rank: ClassVar[bool] = False  # the magnitude does not add: adapters combine by weight average only
+    study_lr: ClassVar[float] = 5e-3
 
     def supports(self, module: nn.Module) -> bool:
         return super().supports(module) and not isinstance(module, nn.Embedding)  # LoRA's sites but embeddings
@@ -53,7 +51,7 @@ class DoRA(LoRA):
         return DoRALinear(module, r, scaling, self.dropout, self.init, stores_weight_transposed(module), train_bias)
 
 
-class DoRALinear(LoRALinear):
+class DoRALinear(LoRALinearUpdate):
     """LoRA site plus `lora_magnitude_vector` (d_out,). Merging keeps the norm factor to unmerge exactly."""
 
     additive = False
@@ -122,7 +120,7 @@ class DoRALinear(LoRALinear):
             module.bias -= self.bias_delta.to(module.bias.dtype)
 
 
-class DoRAConv(LoRAConv):
+class DoRAConv(LoRAConvUpdate):
     """LoRA conv site plus `lora_magnitude_vector` (1, C_out, 1[, 1]), initialised to each filter's norm."""
 
     additive = False
@@ -167,3 +165,7 @@ class DoRAConv(LoRAConv):
 
     merge = DoRALinear.merge
     unmerge = DoRALinear.unmerge
+
+
+DoRA.site_types = (DoRALinear, DoRAConv)
+DoRA.file_format = LoraFormat(DoRA, variant="use_dora")

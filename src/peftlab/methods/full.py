@@ -18,7 +18,6 @@ from torch import nn
 
 from peftlab.core.config import MethodConfig
 from peftlab.core.copy_site import CopySite
-from peftlab.core.registry import register
 from peftlab.core.typology import AttachKind, MethodCard
 
 
@@ -26,7 +25,6 @@ def owns_parameters(module: nn.Module) -> bool:
     return next(module.parameters(recurse=False), None) is not None
 
 
-@register
 @dataclasses.dataclass(frozen=True, kw_only=True)
 class FullFineTuning(MethodConfig):
     """Train every parameter of the selected modules (default: all modules owning parameters, head excluded)."""
@@ -35,6 +33,8 @@ class FullFineTuning(MethodConfig):
         id="full", name="Full fine-tuning", kind=AttachKind.SELECTION, inserted_at="every layer",
         form="dense", integration="replacement", param_formula="all parameters of the module", mergeable=True,
         symbols="")
+    study_lr: ClassVar[float] = 1e-4
+    site_types: ClassVar[tuple] = (CopySite,)
 
     def supports(self, module: nn.Module) -> bool:
         return owns_parameters(module)

@@ -22,10 +22,12 @@ from torch import nn
 
 from peftlab.core.config import MethodConfig, TargetSpec, check, normalise_targets
 from peftlab.core.layer import BaseCall
-from peftlab.core.registry import register
+from peftlab.core.sites import SiteRole, WeightDeltaSite
 from peftlab.core.targets import linear_types, select_modules, stores_weight_transposed
 from peftlab.core.typology import AttachKind, MethodCard
+from peftlab.core.view import AdapterView
 from peftlab.errors import TargetError
+from peftlab.io.formats import FileFormat
 
 # Hugging Face PEFT's default (targets, feed-forward targets) per transformers model_type (peft/utils/constants.py).
 # GPT-Neo's feed-forward "c_proj" is written "mlp.c_proj" (the same modules) so that the union below stays unambiguous.
@@ -62,7 +64,6 @@ def is_feedforward(path: str, spec: TargetSpec) -> bool:
     return any(path.endswith(key) for key in spec or ())
 
 
-@register
 @dataclasses.dataclass(frozen=True, kw_only=True)
 class IA3(MethodConfig):
     """(IA)³ hyperparameters; the fields of Hugging Face PEFT's IA3Config.
@@ -79,6 +80,7 @@ class IA3(MethodConfig):
         id="ia3", name="(IA)³", kind=AttachKind.WEIGHT_DELTA, inserted_at="attention keys/values, feed-forward",
         form="vector", integration="multiplication", param_formula="d_out (d_in at feed-forward sites)",
         mergeable=True, paper="Liu et al. 2022")
+    study_lr: ClassVar[float] = 3e-2
 
     feedforward: TargetSpec = None
     fan_in_fan_out: bool | None = None
@@ -109,33 +111,8 @@ class IA3(MethodConfig):
         spec = self.feedforward if self.feedforward is not None else FEEDFORWARD_NAMES
         return IA3Site(module, is_feedforward(path, spec))
 
-    # --- Hugging Face PEFT's adapter_config.json: the resolved sites, so both libraries pick the same modules -----
-    @classmethod
-    def file_type(cls) -> str:
-        return "IA3"
 
-    def to_file_config(self, sites: list[str], saved: list[str]) -> dict[str, Any]:
-        spec = self.feedforward if self.feedforward is not None else FEEDFORWARD_NAMES
-        return {
-            "peft_type": "IA3", "task_type": None, "target_modules": sorted(sites),
-            "feedforward_modules": sorted(p for p in sites if is_feedforward(p, spec)),
-            "fan_in_fan_out": bool(self.fan_in_fan_out), "modules_to_save": saved or None,
-            "exclude_modules": None, "init_ia3_weights": True, "inference_mode": True,
-        }
-
-    @classmethod
-    def from_file_config(cls, data: Mapping[str, Any]) -> IA3:
-        def spec(key: str) -> TargetSpec:
-            value = data.get(key)
-            return value if value is None or isinstance(value, str) else tuple(value)
-
-        # null target_modules / feedforward_modules: the architecture's defaults, as Hugging Face PEFT reads them
-        return cls(targets=spec("target_modules"), feedforward=spec("feedforward_modules"),
-                   exclude=spec("exclude_modules"), fan_in_fan_out=bool(data.get("fan_in_fan_out")) or None,
-                   modules_to_save=tuple(data.get("modules_to_save") or ()))
-
-
-class IA3Site(nn.Module):
+class IA3Site(WeightDeltaSite):
     """The vector `ia3_l` at one site, in Hugging Face PEFT's shape; it scales the output, or the input at a
     feed-forward site."""
 
@@ -197,3 +174,36 @@ class IA3Site(nn.Module):
         module.weight.div_(self._weight_scale(module.weight))
         if scale_bias:
             bias.div_(self.ia3_l.flatten().to(bias.dtype))
+
+
+class IA3Format(FileFormat):
+    """Hugging Face PEFT's IA3Config, with the resolved sites, so both libraries pick the same modules."""
+
+    peft_type = "IA3"
+
+    def to_file(self, adapter: AdapterView) -> dict[str, Any]:
+        config: IA3 = adapter.config
+        sites = adapter.paths(SiteRole.METHOD)
+        spec = config.feedforward if config.feedforward is not None else FEEDFORWARD_NAMES
+        transposed = any(stores_weight_transposed(e.module) for e in adapter.entries(SiteRole.METHOD))
+        return {
+            "peft_type": "IA3", "task_type": None, "target_modules": sites,
+            "feedforward_modules": [p for p in sites if is_feedforward(p, spec)],
+            "fan_in_fan_out": bool(config.fan_in_fan_out) or transposed,
+            "modules_to_save": adapter.paths(SiteRole.SAVED) or None, "exclude_modules": None,
+            "init_ia3_weights": True, "inference_mode": True,
+        }
+
+    def from_file(self, data: Mapping[str, Any]) -> IA3:
+        def spec(key: str) -> TargetSpec:
+            value = data.get(key)
+            return value if value is None or isinstance(value, str) else tuple(value)
+
+        # null target_modules / feedforward_modules: the architecture's defaults, as Hugging Face PEFT reads them
+        return IA3(targets=spec("target_modules"), feedforward=spec("feedforward_modules"),
+                   exclude=spec("exclude_modules"), fan_in_fan_out=bool(data.get("fan_in_fan_out")) or None,
+                   modules_to_save=tuple(data.get("modules_to_save") or ()))
+
+
+IA3.site_types = (IA3Site,)
+IA3.file_format = IA3Format(IA3)

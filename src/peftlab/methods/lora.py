@@ -10,6 +10,7 @@ Per-module ranks and alphas come from `rank_pattern` / `alpha_pattern` (regex ke
 
 from __future__ import annotations
 
+import abc
 import dataclasses
 import math
 import re
@@ -23,10 +24,12 @@ from torch import nn
 from peftlab.core.bias_site import has_bias
 from peftlab.core.config import MethodConfig, check, check_range
 from peftlab.core.layer import BaseCall
-from peftlab.core.registry import register
-from peftlab.core.targets import LAYER_CONTAINERS, linear_types, stores_weight_transposed
+from peftlab.core.sites import LowRankSite, SiteRole, WeightDeltaSite
+from peftlab.core.targets import LAYER_CONTAINERS, candidate_modules, is_head, linear_types, stores_weight_transposed
 from peftlab.core.typology import AttachKind, MethodCard
-from peftlab.errors import ConfigError
+from peftlab.core.view import AdapterView
+from peftlab.errors import AdapterLoadError, ConfigError
+from peftlab.io.formats import FileFormat
 from peftlab.kernels.lora_linear import lora_linear
 
 INITS = ("default", "gaussian", "random")
@@ -42,7 +45,6 @@ def pattern_value(patterns: dict[str, float], path: str, default: float) -> floa
     return default
 
 
-@register
 @dataclasses.dataclass(frozen=True, kw_only=True)
 class LoRA(MethodConfig):
     """LoRA hyperparameters.
@@ -59,8 +61,9 @@ class LoRA(MethodConfig):
         inserted_at="attention / feed-forward (any linear, convolution or embedding)",
         form="low-rank", integration="scaled addition", param_formula="r·(d_in + d_out)", mergeable=True,
         paper="Hu et al. 2021")
+    study_lr: ClassVar[float] = 5e-3
+    site_types: ClassVar[tuple] = ()  # set below the site classes
     default_targets: ClassVar = DEFAULT_LORA_TARGETS
-    combines_low_rank: ClassVar[bool] = True
 
     r: int = 8
     alpha: float = 8.0
@@ -99,21 +102,8 @@ class LoRA(MethodConfig):
         every bias in the model; the low-rank update stays on the targets."""
         if self.bias != "all":
             return {}
-        from peftlab.core.targets import candidate_modules, is_head
-
         return {path: module for path, module in candidate_modules(model)
                 if path not in sites and has_bias(module) and not is_head(model, path, module)}
-
-    @classmethod
-    def file_type(cls) -> str:
-        return "LORA"
-
-    def to_file_config(self, sites: list[str], saved: list[str]) -> dict:
-        return lora_to_file_config(self, sites, saved)
-
-    @classmethod
-    def from_file_config(cls, data: Mapping[str, Any]) -> LoRA:
-        return lora_from_file_config(dict(data))
 
     def rank_and_scaling(self, path: str) -> tuple[int, float]:
         r = int(pattern_value(self.rank_pattern, path, self.r))
@@ -149,18 +139,21 @@ def init_pair(a: torch.Tensor, b: torch.Tensor, init: str, r: int) -> None:
             nn.init.zeros_(b)
 
 
-class LoRABiasMixin:
-    """Optional trainable bias delta next to the low-rank update (bias="lora_only"/"all").
+class LoRAUpdate(WeightDeltaSite):
+    """What LoRA's and DoRA's sites share: merging ΔW (and the optional bias delta) into the base, and the file
+    layout of the trained bias (bias="lora_only"/"all"): files store the absolute bias under "base_layer.bias", as
+    Hugging Face PEFT does; we keep the delta so that disabling the adapter restores the base bias exactly.
+    The classes that are exactly ΔW = scaling · B A (LoRA's, not DoRA's) are also LowRankSites."""
 
-    Files store the absolute bias under "base_layer.bias", as Hugging Face PEFT does; we keep the delta so that
-    disabling the adapter restores the base bias exactly.
-    """
-
-    bias_delta: nn.Parameter | None
-    additive = True  # y = base(x) + f(x): merges in any order with other additive adapters
+    @abc.abstractmethod
+    def delta_weight(self) -> torch.Tensor:
+        """ΔW in the base weight's own layout."""
 
     def _init_bias(self, module: nn.Module, train_bias: bool) -> None:
         self.bias_delta = nn.Parameter(torch.zeros_like(module.bias)) if train_bias else None
+
+    def trained_bias(self) -> nn.Parameter | None:
+        return self.bias_delta
 
     def export_state(self, module: nn.Module) -> dict[str, torch.Tensor]:
         state = {k: v for k, v in self.state_dict().items() if k != "bias_delta"}
@@ -175,9 +168,20 @@ class LoRABiasMixin:
             state["bias_delta"] = bias.to(module.bias) - module.bias.detach()
         self.load_state_dict(state)
 
+    def merge(self, module: nn.Module) -> None:
+        module.weight += self.delta_weight().to(module.weight.dtype)
+        if self.bias_delta is not None:
+            module.bias += self.bias_delta.to(module.bias.dtype)
 
-class LoRALinear(LoRABiasMixin, nn.Module):
-    """LoRA at a Linear (or transposed Conv1D) layer. State: lora_A.weight (r, d_in), lora_B.weight (d_out, r)."""
+    def unmerge(self, module: nn.Module) -> None:
+        module.weight -= self.delta_weight().to(module.weight.dtype)
+        if self.bias_delta is not None:
+            module.bias -= self.bias_delta.to(module.bias.dtype)
+
+
+class LoRALinearUpdate(LoRAUpdate):
+    """The low-rank update at a Linear (or transposed Conv1D) layer. State: lora_A.weight (r, d_in), lora_B.weight
+    (d_out, r)."""
 
     def __init__(self, module: nn.Module, r: int, scaling: float, dropout: float, init: str, transposed: bool,
                  train_bias: bool) -> None:
@@ -222,20 +226,14 @@ class LoRALinear(LoRABiasMixin, nn.Module):
         delta = (self.lora_B.weight @ self.lora_A.weight) * self.scaling  # (d_out, d_in)
         return delta.T if self.transposed else delta
 
-    def merge(self, module: nn.Module) -> None:
-        module.weight += self.delta_weight().to(module.weight.dtype)
-        if self.bias_delta is not None:
-            module.bias += self.bias_delta.to(module.bias.dtype)
 
-    def unmerge(self, module: nn.Module) -> None:
-        module.weight -= self.delta_weight().to(module.weight.dtype)
-        if self.bias_delta is not None:
-            module.bias -= self.bias_delta.to(module.bias.dtype)
+class LoRALinear(LoRALinearUpdate, LowRankSite):
+    """LoRA at a Linear (or transposed Conv1D) layer."""
 
 
-class LoRAConv(LoRABiasMixin, nn.Module):
-    """LoRA at a Conv1d/Conv2d: A is a conv (d_in -> r) with the base kernel, stride and padding; B a 1×1 conv
-    (r -> d_out)."""
+class LoRAConvUpdate(LoRAUpdate):
+    """The low-rank update at a Conv1d/Conv2d: A is a conv (d_in -> r) with the base kernel, stride and padding; B a
+    1×1 conv (r -> d_out)."""
 
     def __init__(self, module: nn.Conv1d | nn.Conv2d, r: int, scaling: float, dropout: float, init: str,
                  train_bias: bool) -> None:
@@ -275,12 +273,14 @@ class LoRAConv(LoRABiasMixin, nn.Module):
         b = self.lora_B.weight.flatten(1)  # (d_out, r, 1[, 1]) -> (d_out, r)
         return torch.tensordot(b, self.lora_A.weight, dims=1) * self.scaling  # (d_out, d_in, k[, k])
 
-    factors = LoRALinear.factors
-    merge = LoRALinear.merge
-    unmerge = LoRALinear.unmerge
+    factors = LoRALinearUpdate.factors
 
 
-class LoRAEmbedding(nn.Module):
+class LoRAConv(LoRAConvUpdate, LowRankSite):
+    """LoRA at a Conv1d/Conv2d."""
+
+
+class LoRAEmbedding(LoRAUpdate, LowRankSite):
     """LoRA at an Embedding: row i of ΔW is (α/r)·(B A)[:, i]. State: lora_embedding_A (r, V), lora_embedding_B (D, r).
 
     As in Hugging Face PEFT, A starts at zero and B random (the one-hot input makes Kaiming on A meaningless).
@@ -288,6 +288,7 @@ class LoRAEmbedding(nn.Module):
 
     def __init__(self, module: nn.Embedding, r: int, scaling: float, init: str) -> None:
         super().__init__()
+        self._init_bias(module, train_bias=False)
         self.lora_embedding_A = nn.Parameter(torch.zeros(r, module.num_embeddings))
         self.lora_embedding_B = nn.Parameter(torch.empty(module.embedding_dim, r))
         with torch.no_grad():
@@ -303,8 +304,6 @@ class LoRAEmbedding(nn.Module):
                            emb.scale_grad_by_freq, emb.sparse)  # (..., r)
         return result + ((rows @ self.lora_embedding_B.T) * self.scaling).to(result.dtype)
 
-    additive = True
-
     def factors(self) -> tuple[nn.Parameter, nn.Parameter]:
         """(A (r, V), B (D, r)): ΔWᵀ = scaling · B A."""
         return self.lora_embedding_A, self.lora_embedding_B
@@ -312,79 +311,103 @@ class LoRAEmbedding(nn.Module):
     def delta_weight(self) -> torch.Tensor:
         return (self.lora_embedding_B @ self.lora_embedding_A).T * self.scaling  # (V, D)
 
-    merge = LoRALinear.merge
-    unmerge = LoRALinear.unmerge
-    bias_delta = None
+
+LoRA.site_types = (LoRALinear, LoRAConv, LoRAEmbedding)
 
 
 # --- Hugging Face PEFT's adapter_config.json ----------------------------------------------------------------------
 # Initialisations that rewrite the base weights (PiSSA, OLoRA, CorDA, LoftQ): their files only fit the changed base.
 _BASE_CHANGING_INITS = ("pissa", "olora", "corda", "loftq")
 _HF_UNSUPPORTED = ("lora_bias", "use_qalora", "target_parameters", "trainable_token_indices", "layer_replication",
-                   "megatron_config", "use_bdlora", "alora_invocation_tokens", "arrow_config", "kasa_config",
+                   "megatron_config", "use_bdlora", "alora_invocation_tokens", "arrow_config",
                    "monteclora_config", "velora_config")
+# The LoraConfig fields that mark a LoRA variant's files; each variant's format claims the files its field marks.
+VARIANT_FIELDS = ("use_dora", "kasa_config")
 
 
-def lora_to_file_config(config: LoRA, sites: list[str], saved: list[str]) -> dict:
-    """Hugging Face PEFT LoraConfig fields for a LoRA/DoRA config whose sites have been resolved.
+def _is_set(value: Any) -> bool:
+    return value not in (None, False, {}, [], ())
+
+
+class LoraFormat(FileFormat):
+    """Hugging Face PEFT's LoraConfig, for LoRA and its variants. `variant` is the LoraConfig field that marks the
+    variant's files (DoRA: use_dora, KaSA: kasa_config); plain LoRA files set none of VARIANT_FIELDS.
 
     rank_pattern and alpha_pattern are written resolved, one escaped full module path per site that differs from r
     and alpha: the JSON file's keys are sorted, and a sorted pattern list could change which pattern matches first.
     """
-    init = {"default": True, "gaussian": "gaussian", "random": False}[config.init]
-    ranks = {re.escape(p): r for p in sites if (r := int(pattern_value(config.rank_pattern, p, config.r))) != config.r}
-    alphas = {re.escape(p): a for p in sites
-              if (a := pattern_value(config.alpha_pattern, p, config.alpha)) != config.alpha}
-    return {
-        "peft_type": "LORA", "task_type": None, "r": config.r, "lora_alpha": config.alpha,
-        "lora_dropout": config.dropout, "bias": config.bias, "use_rslora": config.use_rslora,
-        "use_dora": config.card.id == "dora", "target_modules": sorted(sites), "modules_to_save": saved or None,
-        "rank_pattern": ranks, "alpha_pattern": alphas,
-        "fan_in_fan_out": bool(config.fan_in_fan_out), "init_lora_weights": init, "layers_to_transform": None,
-        "layers_pattern": None, "exclude_modules": None, "inference_mode": True,
-    }
+
+    peft_type = "LORA"
+
+    def __init__(self, config_cls: type[LoRA], variant: str | None = None) -> None:
+        super().__init__(config_cls)
+        self.variant = variant
+
+    def claims(self, data: Mapping[str, Any]) -> bool:
+        return [f for f in VARIANT_FIELDS if _is_set(data.get(f))] == ([self.variant] if self.variant else [])
+
+    def variant_to_file(self, config: LoRA) -> dict[str, Any]:
+        """The variant's own LoraConfig fields (default: its marker set to True)."""
+        return {self.variant: True} if self.variant else {}
+
+    def variant_from_file(self, data: Mapping[str, Any]) -> dict[str, Any]:
+        """The variant's own config fields read from the file (default: none)."""
+        return {}
+
+    def to_file(self, adapter: AdapterView) -> dict[str, Any]:
+        config: LoRA = adapter.config
+        sites = adapter.paths(SiteRole.METHOD)
+        init = {"default": True, "gaussian": "gaussian", "random": False}[config.init]
+        ranks = {re.escape(p): r for p in sites
+                 if (r := int(pattern_value(config.rank_pattern, p, config.r))) != config.r}
+        alphas = {re.escape(p): a for p in sites
+                  if (a := pattern_value(config.alpha_pattern, p, config.alpha)) != config.alpha}
+        transposed = any(stores_weight_transposed(e.module) for e in adapter.entries(SiteRole.METHOD))
+        return {
+            "peft_type": "LORA", "task_type": None, "r": config.r, "lora_alpha": config.alpha,
+            "lora_dropout": config.dropout, "bias": config.bias, "use_rslora": config.use_rslora,
+            "use_dora": False, "target_modules": sites, "modules_to_save": adapter.paths(SiteRole.SAVED) or None,
+            "rank_pattern": ranks, "alpha_pattern": alphas,
+            "fan_in_fan_out": bool(config.fan_in_fan_out) or transposed, "init_lora_weights": init,
+            "layers_to_transform": None, "layers_pattern": None, "exclude_modules": None, "inference_mode": True,
+            **self.variant_to_file(config),
+        }
+
+    def from_file(self, data: Mapping[str, Any]) -> LoRA:
+        for key in _HF_UNSUPPORTED:
+            if _is_set(data.get(key)):
+                raise AdapterLoadError(f"adapter_config.json sets {key}={data[key]!r}, a LoRA option peftlab does not "
+                                       "implement; save the adapter without it")
+        init = data.get("init_lora_weights", True)
+        if isinstance(init, str) and init.startswith(_BASE_CHANGING_INITS):
+            raise AdapterLoadError(
+                f"adapter_config.json sets init_lora_weights={init!r}: such an adapter changed the base weights when "
+                "it was built, so it only fits that changed base. Convert it to a plain LoRA first (Hugging Face "
+                "PEFT: save_pretrained(..., path_initial_model_for_weight_conversion=...)), then load the converted "
+                "folder")
+        pattern = data.get("layers_pattern")
+        patterns = [pattern] if isinstance(pattern, str) else list(pattern or [])
+        if data.get("layers_to_transform") is not None and any(p not in LAYER_CONTAINERS for p in patterns):
+            raise AdapterLoadError(f"adapter_config.json sets layers_pattern={pattern!r}; peftlab reads layer "
+                                   f"indices after {', '.join(LAYER_CONTAINERS)} only. Save the adapter with its "
+                                   "targets as full module names instead of layers_to_transform")
+        targets = data.get("target_modules")
+        if targets is not None and not isinstance(targets, str):
+            targets = tuple(targets)  # a string is a regex (full match) or "all-linear": the same semantics
+        layers = data.get("layers_to_transform")
+        excluded = data.get("exclude_modules")
+        fields = dict(
+            targets=targets, r=data.get("r", 8), alpha=data.get("lora_alpha", 8.0),  # types: checked by the config
+            dropout=data.get("lora_dropout", 0.0), bias=data.get("bias", "none"),
+            use_rslora=bool(data.get("use_rslora", False)), rank_pattern=dict(data.get("rank_pattern") or {}),
+            alpha_pattern=dict(data.get("alpha_pattern") or {}),
+            fan_in_fan_out=bool(data.get("fan_in_fan_out")) or None,
+            init={"gaussian": "gaussian", False: "random"}.get(init, "default"),
+            modules_to_save=tuple(data["modules_to_save"]) if data.get("modules_to_save") else (),
+            layers=(layers,) if isinstance(layers, int) else (tuple(layers) if layers else None),
+            exclude=tuple(excluded) if isinstance(excluded, list) else excluded,
+        )
+        return self.config_cls(**fields, **self.variant_from_file(data))
 
 
-def lora_from_file_config(data: dict) -> LoRA:
-    """A LoRA or DoRA config from Hugging Face PEFT's LoraConfig fields."""
-    from peftlab.errors import AdapterLoadError
-
-    for key in _HF_UNSUPPORTED:
-        if data.get(key) not in (None, False, {}, [], ()):
-            raise AdapterLoadError(f"adapter_config.json sets {key}={data[key]!r}, a LoRA option peftlab does not "
-                                   "implement; save the adapter without it")
-    init = data.get("init_lora_weights", True)
-    if isinstance(init, str) and init.startswith(_BASE_CHANGING_INITS):
-        raise AdapterLoadError(
-            f"adapter_config.json sets init_lora_weights={init!r}: such an adapter changed the base weights when it "
-            "was built, so it only fits that changed base. Convert it to a plain LoRA first (Hugging Face PEFT: "
-            "save_pretrained(..., path_initial_model_for_weight_conversion=...)), then load the converted folder")
-    pattern = data.get("layers_pattern")
-    patterns = [pattern] if isinstance(pattern, str) else list(pattern or [])
-    if data.get("layers_to_transform") is not None and any(p not in LAYER_CONTAINERS for p in patterns):
-        raise AdapterLoadError(f"adapter_config.json sets layers_pattern={pattern!r}; peftlab reads layer indices "
-                               f"after {', '.join(LAYER_CONTAINERS)} only. Save the adapter with its targets as full "
-                               "module names instead of layers_to_transform")
-    targets = data.get("target_modules")
-    if isinstance(targets, str) and targets != "all-linear":
-        pass  # a regex, full match: same semantics
-    elif targets is not None and not isinstance(targets, str):
-        targets = tuple(targets)
-    layers = data.get("layers_to_transform")
-    fields = dict(
-        targets=targets, r=data.get("r", 8), alpha=data.get("lora_alpha", 8.0),  # types: checked by the config
-        dropout=data.get("lora_dropout", 0.0), bias=data.get("bias", "none"),
-        use_rslora=bool(data.get("use_rslora", False)), rank_pattern=dict(data.get("rank_pattern") or {}),
-        alpha_pattern=dict(data.get("alpha_pattern") or {}), fan_in_fan_out=bool(data.get("fan_in_fan_out")),
-        init={"gaussian": "gaussian", False: "random"}.get(init, "default"),
-        modules_to_save=tuple(data["modules_to_save"]) if data.get("modules_to_save") else (),
-        layers=(layers,) if isinstance(layers, int) else (tuple(layers) if layers else None),
-        exclude=tuple(data["exclude_modules"]) if isinstance(data.get("exclude_modules"), list)
-        else data.get("exclude_modules"),
-    )
-    if not fields["fan_in_fan_out"]:
-        fields["fan_in_fan_out"] = None
-    from peftlab.core.registry import get_method
-
-    return get_method("dora" if data.get("use_dora") else "lora")(**fields)
-
+LoRA.file_format = LoraFormat(LoRA)

@@ -26,9 +26,10 @@ from torch import nn
 from torch.nn.utils import parametrize
 
 from peftlab.core.config import MethodConfig, check
+from peftlab.core.context import CallContext
 from peftlab.core.layer import BaseCall
 from peftlab.core.model_inputs import bind_arguments, continues_cache, text_config
-from peftlab.core.registry import register
+from peftlab.core.sites import ModelAdapter, RepresentationSite
 from peftlab.core.typology import AttachKind, MethodCard
 from peftlab.errors import AdapterStateError, ConfigError
 
@@ -37,7 +38,6 @@ BLOCKS = r"(.*\.)?(layers|layer|h|blocks|block)\.\d+"  # the blocks of a transfo
 _POSITIONS = re.compile(r"f(\d+)\+l(\d+)|f(\d+)()|()l(\d+)")  # "f3+l2", "f3", "l2"
 
 
-@register
 @dataclasses.dataclass(frozen=True, kw_only=True)
 class LoReFT(MethodConfig):
     """LoReFT / DiReFT hyperparameters.
@@ -53,6 +53,7 @@ class LoReFT(MethodConfig):
         inserted_at="residual stream (block outputs)",
         form="low-rank (orthonormal R for LoReFT)", integration="addition at chosen positions",
         param_formula="2·r·d + r", mergeable=False, paper="Wu et al. 2024", symbols="r: rank, d: hidden size")
+    study_lr: ClassVar[float] = 5e-3
     default_targets: ClassVar = BLOCKS
 
     r: int = 4
@@ -111,7 +112,7 @@ def normalise_positions(value: Any) -> str:
     return "+".join(p for p in (f"f{first}" if first else "", f"l{last}" if last else "") if p)
 
 
-class TokenPositions(nn.Module):
+class TokenPositions(ModelAdapter):
     """Model-level adapter without parameters: reads each call's attention mask to find the edited positions."""
 
     def __init__(self, model: nn.Module, first: int, last: int) -> None:
@@ -119,24 +120,27 @@ class TokenPositions(nn.Module):
         self.hidden_size = int(text_config(model).hidden_size)
         self.first, self.last = first, last
         object.__setattr__(self, "_model", model)  # a plain reference: not a submodule, not in the state
-        self._mask: torch.Tensor | None = None
-        self._continues = False
 
-    def prepare(self, args: tuple, kwargs: dict[str, Any]) -> tuple[tuple, dict[str, Any]]:
+    def prepare(self, args: tuple, kwargs: dict[str, Any], call: CallContext) -> tuple[tuple, dict[str, Any]]:
         bound = bind_arguments(self._model, args, kwargs)
         mask = bound.get("attention_mask")
-        self._mask = mask if isinstance(mask, torch.Tensor) and mask.dim() == 2 else None
-        self._continues = continues_cache(bound)
+        scratch = call.scratch(self)
+        scratch["mask"] = mask if isinstance(mask, torch.Tensor) and mask.dim() == 2 else None
+        scratch["continues"] = continues_cache(bound, call)
         return args, kwargs
 
-    def selection(self, hidden: torch.Tensor) -> torch.Tensor | None:
+    def selection(self, hidden: torch.Tensor, call: CallContext | None) -> torch.Tensor | None:
         """(B, T) bool: the positions to edit in `hidden` (B, T, d); None when this call is not edited."""
-        if self._continues:
+        if call is None:
+            raise AdapterStateError("LoReFT's blocks ran outside a call of the adapted model, so the edited "
+                                    "positions are unknown; call the model itself, not one of its layers")
+        scratch = call.scratch(self)
+        if scratch.get("continues"):
             return None
         batch, length = hidden.shape[:2]
         real = torch.ones(batch, length, dtype=torch.bool, device=hidden.device)
-        if self._mask is not None:
-            mask = self._mask.to(hidden.device) != 0
+        if scratch.get("mask") is not None:
+            mask = scratch["mask"].to(hidden.device) != 0
             if mask.shape[0] != batch:
                 raise AdapterStateError(f"the attention mask has batch size {mask.shape[0]} but the hidden states "
                                         f"{batch}; call the adapted model itself, not one of its layers")
@@ -163,7 +167,7 @@ class OrthonormalRows(nn.Module):
         return rows
 
 
-class ReFTSite(nn.Module):
+class ReFTSite(RepresentationSite):
     """One intervention at one block: source (W, b) and proj (R, orthonormal for LoReFT; W₂ for DiReFT)."""
 
     def __init__(self, d: int, r: int, orthonormal: bool, positions: TokenPositions) -> None:
@@ -187,7 +191,7 @@ class ReFTSite(nn.Module):
     def forward(self, x: Any, base: BaseCall) -> Any:
         out = base(x)
         hidden = out[0] if isinstance(out, tuple) else out
-        selected = self._positions.selection(hidden)
+        selected = self._positions.selection(hidden, base.call)
         if selected is None:
             return out
         h = hidden.to(self.source.weight.dtype)
@@ -205,3 +209,7 @@ class ReFTSite(nn.Module):
             self.source.bias.copy_(state["source.bias"])
             target = self.proj.parametrizations.weight.original if self.orthonormal else self.proj.weight
             target.copy_(state["proj.weight"])
+
+
+LoReFT.site_types = (ReFTSite,)
+LoReFT.model_adapter_type = TokenPositions

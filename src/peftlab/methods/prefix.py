@@ -22,6 +22,7 @@ import torch
 from torch import nn
 
 from peftlab.core.config import MethodConfig, check
+from peftlab.core.context import CallContext
 from peftlab.core.model_inputs import (
     CACHE_ARGUMENTS,
     batch_and_length,
@@ -29,15 +30,15 @@ from peftlab.core.model_inputs import (
     cache_argument,
     continues_cache,
     find_cache,
-    note_virtual_tokens,
     text_config,
 )
-from peftlab.core.registry import register
+from peftlab.core.sites import ModelAdapter
 from peftlab.core.typology import AttachKind, MethodCard
+from peftlab.core.view import AdapterView
 from peftlab.errors import AdapterStateError
 from peftlab.methods.prompt import (
+    PromptLearningFormat,
     check_input_side,
-    hf_model_fields,
     hf_prompt_learning_fields,
     input_embeddings,
     prompt_learning_fields_from_file,
@@ -45,7 +46,6 @@ from peftlab.methods.prompt import (
 )
 
 
-@register
 @dataclasses.dataclass(frozen=True, kw_only=True)
 class PrefixTuning(MethodConfig):
     """Prefix tuning hyperparameters.
@@ -61,7 +61,7 @@ class PrefixTuning(MethodConfig):
         mergeable=False, paper="Li & Liang 2021",
         symbols="n: virtual tokens, L: layers, d_kv: key/value width (heads × head size); with reparameterize, while "
                 "training: n·d_kv + (d_kv + 1)·h + (h + 1)·2·L·d_kv")
-    file_prefix: ClassVar[str] = "base_model."
+    study_lr: ClassVar[float] = 3e-2
 
     num_virtual_tokens: int = 20
     reparameterize: bool = False
@@ -87,20 +87,6 @@ class PrefixTuning(MethodConfig):
         adapter = PrefixAdapter(model, self.num_virtual_tokens, self.reparameterize, self.hidden)
         return adapter.to(device=embedding.weight.device)
 
-    @classmethod
-    def file_type(cls) -> str:
-        return "PREFIX_TUNING"
-
-    def to_file_config(self, sites: list[str], saved: list[str]) -> dict[str, Any]:
-        return {**hf_prompt_learning_fields(self.num_virtual_tokens, saved), "peft_type": "PREFIX_TUNING",
-                "prefix_projection": self.reparameterize, "encoder_hidden_size": self.hidden, "init_weights": None}
-
-    @classmethod
-    def from_file_config(cls, data: Mapping[str, Any]) -> PrefixTuning:
-        projected = bool(data.get("prefix_projection"))
-        hidden = data.get("encoder_hidden_size") if projected else None
-        return cls(reparameterize=projected, hidden=hidden, **prompt_learning_fields_from_file(data))
-
 
 def kv_geometry(model: nn.Module) -> tuple[int, int, int]:
     """(layers, key/value heads, head size) of a transformers model; grouped-query attention has fewer kv heads."""
@@ -111,7 +97,7 @@ def kv_geometry(model: nn.Module) -> tuple[int, int, int]:
     return config.num_hidden_layers, kv_heads, head_dim
 
 
-class PrefixAdapter(nn.Module):
+class PrefixAdapter(ModelAdapter):
     """The prefixes (state: prompt_embeddings (n, L·2·d_kv)) and the rewriting of each model call around them."""
 
     def __init__(self, model: nn.Module, n: int, reparameterize: bool, hidden: int | None) -> None:
@@ -127,7 +113,6 @@ class PrefixAdapter(nn.Module):
         else:
             self.prompt_embeddings = nn.Parameter(torch.randn(n, width))  # N(0, 1), as Hugging Face PEFT
         object.__setattr__(self, "_model", model)  # a plain reference: not a submodule, not in the state
-        self._hide_cache = False  # this call's caller asked for no cache (use_cache=False)
 
     @property
     def reparameterized(self) -> bool:
@@ -137,9 +122,9 @@ class PrefixAdapter(nn.Module):
         """All prefixes, (n, L·2·d_kv)."""
         return self.transform(self.embedding) if self.reparameterized else self.prompt_embeddings
 
-    def prepare(self, args: tuple, kwargs: dict[str, Any]) -> tuple[tuple, dict[str, Any]]:
+    def prepare(self, args: tuple, kwargs: dict[str, Any], call: CallContext) -> tuple[tuple, dict[str, Any]]:
         kw = bind_arguments(self._model, args, kwargs)
-        if not continues_cache(kw):  # a new sequence: put the prefixes into the cache
+        if not continues_cache(kw, call):  # a new sequence: put the prefixes into the cache
             model = self._model
             if model.training and any(getattr(m, "gradient_checkpointing", False) is True for m in model.modules()):
                 raise AdapterStateError("prefix tuning passes the prefixes through the cache, which transformers "
@@ -147,7 +132,8 @@ class PrefixAdapter(nn.Module):
                                         "model.activation_checkpointing_disable()")
             batch, _ = batch_and_length(kw)
             cache = find_cache(kw)
-            self._hide_cache = cache is None and kw.get("use_cache") is False
+            # the caller asked for no cache: finish() hands back none
+            call.scratch(self)["hide_cache"] = cache is None and kw.get("use_cache") is False
             if cache is None:
                 from transformers import DynamicCache
 
@@ -156,13 +142,13 @@ class PrefixAdapter(nn.Module):
                     kw.pop(name, None)
                 kw[cache_argument(type(model))] = cache
             self._write(cache, batch)
-            note_virtual_tokens(cache, self.n)
+            call.note_virtual_tokens(cache, self.n)
         return (), shift_for_cached_virtual(kw, self.n)
 
-    def finish(self, output: Any) -> Any:
+    def finish(self, output: Any, call: CallContext) -> Any:
         """With use_cache=False the caller gets no cache back, though the prefixes travelled in one: otherwise
         generate(use_cache=False) would pass it on, and the next call would read as a continuation."""
-        if self._hide_cache and isinstance(output, Mapping):
+        if call.scratch(self).get("hide_cache") and isinstance(output, Mapping):
             for name in CACHE_ARGUMENTS:
                 if output.get(name) is not None:
                     output[name] = None
@@ -191,7 +177,26 @@ class PrefixAdapter(nn.Module):
             with torch.no_grad():
                 self.prompt_embeddings.copy_(value)
 
-    def file_config(self) -> dict[str, Any]:
-        # Hugging Face PEFT describes the prefix by its key/value width (kv heads × head size), not the hidden size.
-        return {**hf_model_fields(self._model), "token_dim": self.kv_heads * self.head_dim,
-                "num_attention_heads": self.kv_heads, "encoder_hidden_size": self.hidden}
+
+class PrefixTuningFormat(PromptLearningFormat):
+    """Hugging Face PEFT's PrefixTuningConfig. It describes the prefix by its key/value width (kv heads × head
+    size), not the hidden size."""
+
+    peft_type = "PREFIX_TUNING"
+
+    def to_file(self, adapter: AdapterView) -> dict[str, Any]:
+        config: PrefixTuning = adapter.config
+        prefix: PrefixAdapter = adapter.model_adapter
+        return {**hf_prompt_learning_fields(adapter), "peft_type": "PREFIX_TUNING",
+                "prefix_projection": config.reparameterize, "init_weights": None,
+                "token_dim": prefix.kv_heads * prefix.head_dim, "num_attention_heads": prefix.kv_heads,
+                "encoder_hidden_size": prefix.hidden}
+
+    def from_file(self, data: Mapping[str, Any]) -> PrefixTuning:
+        projected = bool(data.get("prefix_projection"))
+        hidden = data.get("encoder_hidden_size") if projected else None
+        return PrefixTuning(reparameterize=projected, hidden=hidden, **prompt_learning_fields_from_file(data))
+
+
+PrefixTuning.model_adapter_type = PrefixAdapter
+PrefixTuning.file_format = PrefixTuningFormat(PrefixTuning)

@@ -24,6 +24,7 @@ from torch import nn
 
 from peftlab.core import attach
 from peftlab.core.config import MethodConfig, check
+from peftlab.core.context import CallContext
 from peftlab.core.model_inputs import (
     batch_and_length,
     bind_arguments,
@@ -32,15 +33,16 @@ from peftlab.core.model_inputs import (
     prepend_ones,
     text_config,
 )
-from peftlab.core.registry import register
+from peftlab.core.sites import ModelAdapter, SiteRole
 from peftlab.core.typology import AttachKind, MethodCard
+from peftlab.core.view import AdapterView
 from peftlab.errors import AdapterLoadError, ConfigError, TargetError
+from peftlab.io.formats import FileFormat
 
 INITS = ("random", "vocab", "text")
 _HF_INITS = {"random": "RANDOM", "vocab": "SAMPLE_VOCAB", "text": "TEXT"}
 
 
-@register
 @dataclasses.dataclass(frozen=True, kw_only=True)
 class PromptTuning(MethodConfig):
     """Prompt tuning hyperparameters.
@@ -54,7 +56,7 @@ class PromptTuning(MethodConfig):
         id="prompt", name="Prompt tuning", kind=AttachKind.INPUT_SIDE, inserted_at="embeddings (input sequence)",
         form="prompt matrix", integration="concatenation", param_formula="n·d", mergeable=False,
         paper="Lester et al. 2021", symbols="n: virtual tokens, d: the embedding size")
-    file_prefix: ClassVar[str] = "base_model."
+    study_lr: ClassVar[float] = 3e-2
 
     num_virtual_tokens: int = 20
     init: str = "random"
@@ -107,36 +109,20 @@ class PromptTuning(MethodConfig):
         repeats = -(-self.num_virtual_tokens // len(ids))  # ceil: repeat the text until it covers n tokens
         return torch.tensor((ids * repeats)[: self.num_virtual_tokens])
 
-    @classmethod
-    def file_type(cls) -> str:
-        return "PROMPT_TUNING"
-
-    def to_file_config(self, sites: list[str], saved: list[str]) -> dict[str, Any]:
-        return {**hf_prompt_learning_fields(self.num_virtual_tokens, saved), "peft_type": "PROMPT_TUNING",
-                "prompt_tuning_init": _HF_INITS[self.init], "prompt_tuning_init_text": self.init_text,
-                "tokenizer_name_or_path": self.tokenizer_path, "tokenizer_kwargs": None}
-
-    @classmethod
-    def from_file_config(cls, data: Mapping[str, Any]) -> PromptTuning:
-        # The file's tensors replace the initial prompt, so a "TEXT" init is read as "random": no tokenizer is loaded.
-        init = "vocab" if data.get("prompt_tuning_init") == "SAMPLE_VOCAB" else "random"
-        return cls(init=init, **prompt_learning_fields_from_file(data))
 
 
-class PromptAdapter(nn.Module):
+class PromptAdapter(ModelAdapter):
     """The prompt (state: prompt_embeddings (n, d)) and the rewriting of each model call around it."""
 
     def __init__(self, model: nn.Module, prompt: torch.Tensor) -> None:
         super().__init__()
         self.prompt_embeddings = nn.Parameter(prompt)
         object.__setattr__(self, "_model", model)  # a plain reference: not a submodule, not in the state
-        self._real = 0  # tokens of the current call when a prompt was put in front (finish keeps only those)
 
-    def prepare(self, args: tuple, kwargs: dict[str, Any]) -> tuple[tuple, dict[str, Any]]:
+    def prepare(self, args: tuple, kwargs: dict[str, Any], call: CallContext) -> tuple[tuple, dict[str, Any]]:
         kw = bind_arguments(self._model, args, kwargs)
         n = self.prompt_embeddings.shape[0]
-        self._real = 0
-        if continues_cache(kw):  # the cache holds the prompt already
+        if continues_cache(kw, call):  # the cache holds the prompt already
             return (), shift_for_cached_virtual(kw, n)
         batch, length = batch_and_length(kw)
         embeds, ids = kw.pop("inputs_embeds", None), kw.pop("input_ids", None)
@@ -154,15 +140,12 @@ class PromptAdapter(nn.Module):
         labels = kw.get("labels")
         if labels is not None and labels.dim() >= 2 and tuple(labels.shape[:2]) == (batch, length):
             kw["labels"] = torch.cat([labels.new_full((batch, n, *labels.shape[2:]), -100), labels], dim=1)
-        self._real = length
+        call.scratch(self)["real"] = length  # the call's own tokens: finish keeps only those positions
         return (), kw
 
-    def finish(self, output: Any) -> Any:
-        real, self._real = self._real, 0
+    def finish(self, output: Any, call: CallContext) -> Any:
+        real = call.scratch(self).get("real", 0)
         return keep_last_positions(output, real) if real else output
-
-    def file_config(self) -> dict[str, Any]:
-        return hf_model_fields(self._model)
 
 
 # --- shared with prefix tuning -----------------------------------------------------------------------------------
@@ -220,18 +203,13 @@ def keep_last_positions(output: Any, real: int) -> Any:
     return output
 
 
-def hf_prompt_learning_fields(num_virtual_tokens: int, saved: list[str]) -> dict[str, Any]:
-    """adapter_config.json fields every Hugging Face PEFT prompt-learning config has (model fields come later)."""
-    return {"task_type": None, "num_virtual_tokens": num_virtual_tokens, "num_transformer_submodules": 1,
-            "token_dim": None, "num_layers": None, "num_attention_heads": None, "inference_mode": True,
-            "modules_to_save": saved or None}
-
-
-def hf_model_fields(model: nn.Module) -> dict[str, Any]:
-    """The base-model-dependent fields of a Hugging Face PEFT prompt-learning config."""
-    config = text_config(model)
-    return {"task_type": hf_task_type(model), "token_dim": config.hidden_size,
-            "num_layers": config.num_hidden_layers, "num_attention_heads": config.num_attention_heads}
+def hf_prompt_learning_fields(adapter: AdapterView) -> dict[str, Any]:
+    """adapter_config.json fields every Hugging Face PEFT prompt-learning config has, with the model's sizes."""
+    config = text_config(adapter.base_model)
+    return {"task_type": hf_task_type(adapter.base_model), "num_virtual_tokens": adapter.config.num_virtual_tokens,
+            "num_transformer_submodules": 1, "token_dim": config.hidden_size, "num_layers": config.num_hidden_layers,
+            "num_attention_heads": config.num_attention_heads, "inference_mode": True,
+            "modules_to_save": adapter.paths(SiteRole.SAVED) or None}
 
 
 def prompt_learning_fields_from_file(data: Mapping[str, Any]) -> dict[str, Any]:
@@ -244,3 +222,30 @@ def prompt_learning_fields_from_file(data: Mapping[str, Any]) -> dict[str, Any]:
     # Hugging Face PEFT lists both "classifier" and "score" for every SEQ_CLS adapter: that is our automatic choice.
     automatic = not unique or set(unique) <= {"classifier", "score"}
     return {"num_virtual_tokens": int(data["num_virtual_tokens"]), "modules_to_save": None if automatic else unique}
+
+
+class PromptLearningFormat(FileFormat):
+    """Hugging Face PEFT's prompt-learning configs: the model is wrapped one level less deep ("base_model.")."""
+
+    file_prefix = "base_model."
+
+
+class PromptTuningFormat(PromptLearningFormat):
+    """Hugging Face PEFT's PromptTuningConfig."""
+
+    peft_type = "PROMPT_TUNING"
+
+    def to_file(self, adapter: AdapterView) -> dict[str, Any]:
+        config: PromptTuning = adapter.config
+        return {**hf_prompt_learning_fields(adapter), "peft_type": "PROMPT_TUNING",
+                "prompt_tuning_init": _HF_INITS[config.init], "prompt_tuning_init_text": config.init_text,
+                "tokenizer_name_or_path": config.tokenizer_path, "tokenizer_kwargs": None}
+
+    def from_file(self, data: Mapping[str, Any]) -> PromptTuning:
+        # The file's tensors replace the initial prompt, so a "TEXT" init is read as "random": no tokenizer is loaded.
+        init = "vocab" if data.get("prompt_tuning_init") == "SAMPLE_VOCAB" else "random"
+        return PromptTuning(init=init, **prompt_learning_fields_from_file(data))
+
+
+PromptTuning.model_adapter_type = PromptAdapter
+PromptTuning.file_format = PromptTuningFormat(PromptTuning)

@@ -28,14 +28,13 @@ from torch.func import functional_call
 
 from peftlab.core.config import MethodConfig, check, check_range
 from peftlab.core.layer import BaseCall
-from peftlab.core.registry import register
+from peftlab.core.sites import WeightDeltaSite
 from peftlab.core.typology import AttachKind, MethodCard
 from peftlab.errors import AdapterStateError
 
 SELECTIONS = ("random", "magnitude", "gradient")
 
 
-@register
 @dataclasses.dataclass(frozen=True, kw_only=True)
 class SparseFT(MethodConfig):
     """Sparse fine-tuning hyperparameters.
@@ -52,6 +51,7 @@ class SparseFT(MethodConfig):
         param_formula="round((1 − pruning)·d_in·d_out)", mergeable=True, paper="Ansell et al. 2022",
         symbols="d_in, d_out: the adapted layer's input and output sizes (times the kernel size for convolutions); "
                 "as many integer indices are saved, not trained")
+    study_lr: ClassVar[float] = 3e-4
     default_targets: ClassVar = "all-linear"
 
     pruning: float = 0.8
@@ -90,7 +90,7 @@ def top_k(scores: torch.Tensor, k: int) -> torch.Tensor:
     return torch.topk(scores.flatten().float(), k, sorted=False).indices
 
 
-class SparseDelta(nn.Module):
+class SparseDelta(WeightDeltaSite):
     """Δ at k fixed entries of the module's weight: `sparse_values` (k,) trained, `sparse_indices` (k,) their flat
     positions."""
 
@@ -175,7 +175,8 @@ def select_by_gradient(model: nn.Module, batches: Iterable[Any],
     if not isinstance(config, SparseFT) or config.selection != "gradient":
         raise AdapterStateError(f"select_by_gradient needs an AdaptedModel whose adapter {adapter_name!r} is "
                                 "SparseFT(selection='gradient', ...)")
-    sites = {p: (s, m) for p, (s, m) in model.site_adapters(adapter_name).items() if isinstance(s, SparseDelta)}
+    sites = {p: (e.site, e.module) for p, e in model.adapter(adapter_name).sites.items()
+             if isinstance(e.site, SparseDelta)}
     if any(bool(site.sparse_values.detach().any()) for site, _ in sites.values()):
         raise AdapterStateError(f"adapter {adapter_name!r} has been trained already; its mask can only be chosen "
                                 "before training (start from a new adapter)")
@@ -202,3 +203,6 @@ def select_by_gradient(model: nn.Module, batches: Iterable[Any],
     for (site, _), score in zip(sites.values(), scores):
         site.set_mask(top_k(score, site.sparse_values.numel()))
     return dict(zip(sites, scores))
+
+
+SparseFT.site_types = (SparseDelta,)

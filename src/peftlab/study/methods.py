@@ -12,6 +12,7 @@ import json
 from collections.abc import Mapping
 from typing import Any
 
+from peftlab.core.registry import get_method
 from peftlab.errors import ConfigError
 from peftlab.study.errors import StudyError
 
@@ -31,22 +32,9 @@ SURVEY_METHODS: dict[str, tuple[str, dict[str, Any]]] = {
     "ia3": ("ia3", {}),
 }
 
-# Peak learning rate per registry id for the study's short budgets (~150-250 steps of batch 16); tuned on the
-# default study with a x2.5 sweep (see docs/study.md). Methods that train few, multiplicative or input-side
-# parameters need more.
-DEFAULT_LR: dict[str, float] = {
-    "full": 1e-4,
-    "adapter": 3e-3,
-    "lora": 5e-3,
-    "dora": 5e-3,
-    "loreft": 5e-3,
-    "prefix": 3e-2,
-    "prompt": 3e-2,
-    "sparse": 3e-4,
-    "bitfit": 5e-3,
-    "ia3": 3e-2,
-}
-FALLBACK_LR = 1e-3
+# Each method's peak learning rate for the study's short budgets (~150-250 steps of batch 16) is its config's
+# `study_lr`, tuned on the default study with a x2.5 sweep (see docs/study.md). Methods that train few,
+# multiplicative or input-side parameters need more.
 
 
 @dataclasses.dataclass(frozen=True)
@@ -87,9 +75,9 @@ def parse_method(name: str, lr_overrides: Mapping[str, float] | None = None) -> 
                                  "(e.g. lora:r=16:alpha=32)")
             fields[key] = parse_value(value)
     overrides = lr_overrides or {}
-    lr = overrides.get(name, overrides.get(method_id, DEFAULT_LR.get(method_id, FALLBACK_LR)))
-    method = StudyMethod(label=name, method_id=method_id, fields=dict(fields), lr=float(lr))
     try:
+        lr = overrides[name] if name in overrides else overrides.get(method_id, get_method(method_id).study_lr)
+        method = StudyMethod(label=name, method_id=method_id, fields=dict(fields), lr=float(lr))
         build_config(method, {})  # checked now; each run builds it again with its task's fields
     except ConfigError as err:
         raise StudyError(f"--methods {name!r}: {err}") from None
