@@ -23,6 +23,7 @@ from torch import nn
 
 from peftlab.core.bias_site import has_bias
 from peftlab.core.config import MethodConfig, check, check_range
+from peftlab.core.functional import with_weights
 from peftlab.core.layer import BaseCall
 from peftlab.core.sites import LowRankSite, SiteRole, WeightDeltaSite
 from peftlab.core.targets import LAYER_CONTAINERS, candidate_modules, is_head, linear_types, stores_weight_transposed
@@ -267,7 +268,7 @@ class LoRAConvUpdate(LoRAUpdate):
     @staticmethod
     def convolve(module: nn.Module, x: torch.Tensor, weight: torch.Tensor) -> torch.Tensor:
         """The module's own convolution of x with `weight` and no bias (a subclass's padding rules included)."""
-        return torch.func.functional_call(module, {"weight": weight, "bias": None}, (x,))
+        return with_weights(module, x, weight, None)
 
     def delta_weight(self) -> torch.Tensor:
         b = self.lora_B.weight.flatten(1)  # (d_out, r, 1[, 1]) -> (d_out, r)

@@ -24,9 +24,9 @@ from typing import Any, ClassVar
 
 import torch
 from torch import nn
-from torch.func import functional_call
 
 from peftlab.core.config import MethodConfig, check, check_range
+from peftlab.core.functional import with_weights
 from peftlab.core.layer import BaseCall
 from peftlab.core.sites import WeightDeltaSite
 from peftlab.core.typology import AttachKind, MethodCard
@@ -125,12 +125,11 @@ class SparseDelta(WeightDeltaSite):
         self._require_mask()
         module = base.module
         if base.is_plain:  # one call with W + Δ
-            return functional_call(module, {"weight": self.effective(module.weight)}, (x,))
+            return with_weights(module, x, self.effective(module.weight), getattr(module, "bias", None))
         # Other adapters run inside: add the module's output for Δ alone (the ops are linear in W; bias excluded).
         delta = self.effective(torch.zeros_like(module.weight))
-        zeros = {"bias": torch.zeros_like(module.bias)} if getattr(module, "bias", None) is not None else {}
         result = base(x)
-        return result + functional_call(module, {"weight": delta, **zeros}, (x,)).to(result.dtype)
+        return result + with_weights(module, x, delta, None).to(result.dtype)
 
     def merge(self, module: nn.Module) -> None:
         self._require_mask()
