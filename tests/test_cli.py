@@ -17,6 +17,14 @@ def test_methods_lists_every_registered_method(capsys: pytest.CaptureFixture[str
     assert all(f"| {peftlab.get_method(m).card.name} |" in table for m in peftlab.method_ids())
 
 
+def test_the_readme_methods_table_is_the_generated_one(capsys: pytest.CaptureFixture[str]) -> None:
+    """README.md's methods table is `peftlab methods --markdown`: regenerate it when a method changes."""
+    assert main(["methods", "--markdown"]) == 0
+    table = capsys.readouterr().out.strip()
+    readme = (Path(__file__).parents[1] / "README.md").read_text(encoding="utf-8")
+    assert table in readme, "README.md's methods table is stale: paste the output of `peftlab methods --markdown`"
+
+
 def test_info_names_the_modules_the_folder_adapts(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
     peftlab.adapt(tiny_bert(), peftlab.LoRA(r=2)).save(tmp_path)  # default targets: the file resolves them
     assert main(["info", str(tmp_path)]) == 0

@@ -1,8 +1,14 @@
-"""The contract every registered method meets on every tiny model (an MLP, a conv net, BERT and GPT-2 from configs)."""
+"""The contract every registered method meets on every tiny model (an MLP, a conv net, BERT and GPT-2 from configs).
+
+Each check is a function of (a config factory, a tiny model), so that a method registered anywhere (a plug-in, or the
+throwaway method of tests/test_adding_a_method.py) runs the same matrix through `run_contract`.
+"""
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from pathlib import Path
+from typing import Any
 
 import pytest
 import torch
@@ -12,18 +18,7 @@ from peftlab.core.layer import AdaptedLayer
 from tests.method_cases import NOT_APPLICABLE, case_fields
 from tests.tiny_models import MODELS, TinyModel
 
-CELLS = [(m, t) for m in peftlab.method_ids() for t in MODELS]
-
-
-def _cell_id(cell: tuple[str, TinyModel]) -> str:
-    return f"{cell[0]}-{cell[1].name}"
-
-
-def _config(method_id: str, tiny: TinyModel, **extra: object) -> peftlab.MethodConfig:
-    fields = case_fields(method_id, tiny.name)
-    if isinstance(fields, tuple):
-        pytest.skip(f"{method_id} on {tiny.name}: {fields[1]}")
-    return peftlab.config_for(method_id, **{**fields, **extra})
+MakeConfig = Callable[[], peftlab.MethodConfig]
 
 
 def _train(model: peftlab.AdaptedModel, tiny: TinyModel, steps: int = 3, seed: int = 0) -> None:
@@ -33,30 +28,14 @@ def _train(model: peftlab.AdaptedModel, tiny: TinyModel, steps: int = 3, seed: i
     opt = torch.optim.AdamW(params, lr=1e-2)
     for _ in range(steps):
         opt.zero_grad()
-        tiny.run(model).float().pow(2).mean().backward()
+        (tiny.run(model).float().pow(2).mean() + model.regularization_loss()).backward()
         opt.step()
 
 
-@pytest.fixture(params=CELLS, ids=[_cell_id(c) for c in CELLS])
-def cell(request: pytest.FixtureRequest) -> tuple[str, TinyModel]:
-    return request.param
-
-
-def test_not_applicable_cells_fail_loudly(cell: tuple[str, TinyModel]) -> None:
-    method_id, tiny = cell
-    fields = case_fields(method_id, tiny.name)
-    if not isinstance(fields, tuple):
-        pytest.skip("applicable")
-    assert fields[0] == NOT_APPLICABLE
-    with pytest.raises(peftlab.PeftlabError):
-        peftlab.adapt(tiny.make(), peftlab.config_for(method_id))
-
-
-def test_only_adapter_parameters_train(cell: tuple[str, TinyModel]) -> None:
-    method_id, tiny = cell
+def check_only_adapter_parameters_train(make: MakeConfig, tiny: TinyModel, tmp_path: Path) -> None:
     base = tiny.make()
     base_params = {id(p) for p in base.parameters()}
-    model = peftlab.adapt(base, _config(method_id, tiny))
+    model = peftlab.adapt(base, make())
     trainable = [p for p in model.parameters() if p.requires_grad]
     assert trainable, "the adapter has no trainable parameters"
     assert not any(id(p) in base_params for p in trainable), "a base parameter requires grad"
@@ -72,10 +51,9 @@ def test_only_adapter_parameters_train(cell: tuple[str, TinyModel]) -> None:
     assert model.total_parameters() == sum(p.numel() for p in model.parameters())
 
 
-def test_disabled_equals_base_exactly(cell: tuple[str, TinyModel]) -> None:
-    method_id, tiny = cell
+def check_disabled_equals_base_exactly(make: MakeConfig, tiny: TinyModel, tmp_path: Path) -> None:
     reference = tiny.run(tiny.make())
-    model = peftlab.adapt(tiny.make(), _config(method_id, tiny))
+    model = peftlab.adapt(tiny.make(), make())
     _train(model, tiny)
     with torch.no_grad():
         adapted = tiny.run(model)
@@ -85,9 +63,8 @@ def test_disabled_equals_base_exactly(cell: tuple[str, TinyModel]) -> None:
     assert not torch.allclose(adapted, reference, atol=1e-6), "the trained adapter did not change the output"
 
 
-def test_save_then_load_reproduces_outputs(cell: tuple[str, TinyModel], tmp_path: Path) -> None:
-    method_id, tiny = cell
-    model = peftlab.adapt(tiny.make(), _config(method_id, tiny))
+def check_save_then_load_reproduces_outputs(make: MakeConfig, tiny: TinyModel, tmp_path: Path) -> None:
+    model = peftlab.adapt(tiny.make(), make())
     _train(model, tiny)
     model.eval()
     with torch.no_grad():
@@ -99,9 +76,8 @@ def test_save_then_load_reproduces_outputs(cell: tuple[str, TinyModel], tmp_path
     assert loaded.configs["default"] == model.configs["default"]
 
 
-def test_merge_unmerge(cell: tuple[str, TinyModel]) -> None:
-    method_id, tiny = cell
-    model = peftlab.adapt(tiny.make(), _config(method_id, tiny))
+def check_merge_unmerge(make: MakeConfig, tiny: TinyModel, tmp_path: Path) -> None:
+    model = peftlab.adapt(tiny.make(), make())
     _train(model, tiny)
     if not type(model.configs["default"]).card.mergeable:
         with pytest.raises(peftlab.AdapterStateError, match="not mergeable"):
@@ -119,11 +95,10 @@ def test_merge_unmerge(cell: tuple[str, TinyModel]) -> None:
         torch.testing.assert_close(restored[key], value, atol=1e-6, rtol=0)
 
 
-def test_merge_and_unload_gives_plain_model(cell: tuple[str, TinyModel]) -> None:
-    method_id, tiny = cell
-    model = peftlab.adapt(tiny.make(), _config(method_id, tiny))
+def check_merge_and_unload_gives_plain_model(make: MakeConfig, tiny: TinyModel, tmp_path: Path) -> None:
+    model = peftlab.adapt(tiny.make(), make())
     if not type(model.configs["default"]).card.mergeable:
-        pytest.skip("not mergeable (checked in test_merge_unmerge)")
+        return  # not mergeable: check_merge_unmerge checks the refusal
     _train(model, tiny)
     with torch.no_grad():
         expected = tiny.run(model)
@@ -133,13 +108,12 @@ def test_merge_and_unload_gives_plain_model(cell: tuple[str, TinyModel]) -> None
         torch.testing.assert_close(tiny.run(plain), expected, atol=1e-5, rtol=1e-5)
 
 
-def test_two_adapters_coexist_and_switch(cell: tuple[str, TinyModel]) -> None:
-    method_id, tiny = cell
-    model = peftlab.adapt(tiny.make(), _config(method_id, tiny))
+def check_two_adapters_coexist_and_switch(make: MakeConfig, tiny: TinyModel, tmp_path: Path) -> None:
+    model = peftlab.adapt(tiny.make(), make())
     _train(model, tiny, seed=0)
     with torch.no_grad():
         first = tiny.run(model)
-    model.add_adapter("second", _config(method_id, tiny))
+    model.add_adapter("second", make())
     assert model.active_adapters == ("default",)
     model.set_adapter("second")
     assert all(not p.requires_grad for p in model.adapter("default").parameters())
@@ -155,6 +129,37 @@ def test_two_adapters_coexist_and_switch(cell: tuple[str, TinyModel]) -> None:
         torch.testing.assert_close(tiny.run(model), first, atol=0, rtol=0)
 
 
+CHECKS = [check_only_adapter_parameters_train, check_disabled_equals_base_exactly,
+          check_save_then_load_reproduces_outputs, check_merge_unmerge, check_merge_and_unload_gives_plain_model,
+          check_two_adapters_coexist_and_switch]
+
+
+def run_contract(method_id: str, fields_for: Callable[[str], Any], tmp_path: Path) -> None:
+    """Every check on every tiny model for `method_id`; `fields_for(model name)` gives the config fields or
+    (NOT_APPLICABLE, reason), in which case adapting must fail with a peftlab error."""
+    for tiny in MODELS:
+        fields = fields_for(tiny.name)
+        if isinstance(fields, tuple):
+            with pytest.raises(peftlab.PeftlabError):
+                peftlab.adapt(tiny.make(), peftlab.config_for(method_id))
+            continue
+        for check in CHECKS:
+            check(lambda f=fields: peftlab.config_for(method_id, **f), tiny, tmp_path / tiny.name / check.__name__)
+
+
+CELLS = [(m, t, c) for m in peftlab.method_ids() for t in MODELS for c in CHECKS]
+
+
+@pytest.mark.parametrize(("method_id", "tiny", "check"), CELLS,
+                         ids=[f"{m}-{t.name}-{c.__name__.removeprefix('check_')}" for m, t, c in CELLS])
+def test_contract(method_id: str, tiny: TinyModel, check: Callable[..., None], tmp_path: Path) -> None:
+    fields = case_fields(method_id, tiny.name)
+    if isinstance(fields, tuple):
+        assert fields[0] == NOT_APPLICABLE
+        with pytest.raises(peftlab.PeftlabError):
+            peftlab.adapt(tiny.make(), peftlab.config_for(method_id))
+        return
+    check(lambda: peftlab.config_for(method_id, **fields), tiny, tmp_path)
 
 
 def test_merge_into_tied_weights_is_refused() -> None:

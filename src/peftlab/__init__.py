@@ -7,7 +7,7 @@
 from peftlab._version import __version__
 from peftlab.core.config import MethodConfig
 from peftlab.core.model import AdaptedModel, adapt, load
-from peftlab.core.registry import config_for, get_method, method_ids, register, register_all
+from peftlab.core.registry import config_for, get_method, method_ids, register, register_all, unregister
 from peftlab.core.sites import SiteRole
 from peftlab.core.typology import AttachKind, MethodCard
 from peftlab.core.view import AdapterView
@@ -42,5 +42,5 @@ __all__ = [
     "AdapterStateError", "AdapterView", "AttachKind", "BitFit", "ConfigError", "ContractError", "DoRA",
     "FullFineTuning", "LoRA", "LoReFT", "MethodCard", "MethodConfig", "PeftlabError", "PrefixTuning",
     "PromptTuning", "SiteRole", "SparseFT", "TargetError", "__version__", "adapt", "config_for", "get_method",
-    "load", "method_ids", "register",
+    "load", "method_ids", "register", "unregister",
 ]

@@ -34,6 +34,13 @@ def register(config_cls: ConfigT) -> ConfigT:
     return config_cls
 
 
+def unregister(method_id: str) -> type[MethodConfig]:
+    """Remove a method from the registry (a plug-in's, e.g. in tests); returns its config class."""
+    cls = registered(method_id)
+    del REGISTERED[method_id]
+    return cls
+
+
 def register_all(config_classes: Iterable[type[MethodConfig]]) -> None:
     for config_cls in config_classes:
         register(config_cls)
