@@ -40,12 +40,23 @@ CASES: dict[tuple[str, str], Any] = {
     ("loreft", "convnet"): (NOT_APPLICABLE, "LoReFT edits token positions of transformer blocks; a conv net has none"),
     ("loreft", "bert"): {"r": 2, "positions": "f1+l2"},
     ("loreft", "gpt2"): {"r": 2, "positions": "l1", "variant": "direft", "layers": [1]},
+    ("vera", "mlp"): {"targets": ["fc1", "fc2"], "r": 8},
+    ("vera", "convnet"): {"targets": ["fc"], "r": 4},
+    ("vera", "bert"): {"r": 8},
+    ("vera", "gpt2"): {"r": 8},
+    ("kasa", "mlp"): {"targets": ["fc1", "fc2"], "r": 4},
+    ("kasa", "convnet"): {"targets": ["fc"], "r": 2},
+    ("kasa", "gpt2"): (NOT_APPLICABLE, "KaSA truncates nn.Linear weights; GPT-2's layers are Conv1D (as in HF PEFT)"),
+    ("adalink", "mlp"): (NOT_APPLICABLE, "AdaLink adapts input embeddings; an MLP has none"),
+    ("adalink", "convnet"): (NOT_APPLICABLE, "AdaLink adapts input embeddings; a conv net has none"),
+    ("adalink", "gpt2"): {"targets": ["wpe"]},  # wte is tied to lm_head, so merging there is refused
 }
 
 # Fields every case gets, to make the adapter non-trivial from the start where the method allows it.
 NON_TRIVIAL_INIT: dict[str, dict[str, Any]] = {
     "lora": {"init": "random"},
     "dora": {"init": "random"},
+    "kasa": {"init": "random"},
 }
 
 

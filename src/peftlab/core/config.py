@@ -164,8 +164,9 @@ class MethodConfig:
         out of target_modules."""
         return {}
 
-    def build_model_adapter(self, model: nn.Module) -> nn.Module | None:
-        """An optional model-level adapter (see core.layer.ModelAdapter): input-side methods put their tensors here."""
+    def build_model_adapter(self, model: nn.Module, sites: dict[str, nn.Module]) -> nn.Module | None:
+        """An optional model-level adapter (core.sites.ModelAdapter), given the modules `select_sites` chose:
+        input-side methods put their tensors here, and sites may share state through it."""
         return None
 
     def select_sites(self, model: nn.Module) -> dict[str, nn.Module]:

@@ -63,7 +63,10 @@ class AdaptedModel(nn.Module):
         return self._modules["base_model"]
 
     def _live_model_adapters(self) -> tuple[str, ...]:
-        return tuple(n for n in self._active if n in self.model_adapters) if self._enabled else ()
+        """The active model adapters that act on calls (override prepare or finish); others only hold state."""
+        if not self._enabled:
+            return ()
+        return tuple(n for n in self._active if n in self.model_adapters and _acts_on_calls(self.model_adapters[n]))
 
     def _open_call(self, module: nn.Module, args: tuple, kwargs: dict) -> tuple[tuple, dict] | None:
         """Forward pre-hook of the base model: open this call's context (when it needs one) and let the active
@@ -135,7 +138,7 @@ class AdaptedModel(nn.Module):
         base = self.get_base_model()
         sites = config.select_sites(base)
         saved = saved_module_paths(base, config)
-        shared = config.build_model_adapter(base)
+        shared = config.build_model_adapter(base, sites)
         if shared is not None:
             _check_built(config, shared, config.model_adapter_type, "build_model_adapter")
             self.model_adapters[adapter_name] = shared.train(base.training)
@@ -370,6 +373,11 @@ class AdaptedModel(nn.Module):
     def __reduce_ex__(self, protocol: Any) -> tuple:
         """Pickling (torch.save(model), multiprocessing): the class made for the base class is rebuilt on load."""
         return _new_adapted, (type(self._modules["base_model"]),), self.__dict__
+
+
+def _acts_on_calls(adapter: ModelAdapter) -> bool:
+    kind = type(adapter)
+    return kind.prepare is not ModelAdapter.prepare or kind.finish is not ModelAdapter.finish
 
 
 def _check_built(config: MethodConfig, built: nn.Module, declared: Any, hook: str) -> None:

@@ -135,7 +135,7 @@ class Adapter(MethodConfig):
                               "reads the input of one module (the sublayer's first) and adds to the output of another")
         return {**taps, **sites}
 
-    def build_model_adapter(self, model: nn.Module) -> nn.Module | None:
+    def build_model_adapter(self, model: nn.Module, sites: dict[str, nn.Module]) -> nn.Module | None:
         return InputSlot() if self.placement == "parallel" else None
 
     def build_site(self, module: nn.Module, path: str, shared: nn.Module | None) -> nn.Module:

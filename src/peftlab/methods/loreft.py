@@ -77,7 +77,7 @@ class LoReFT(MethodConfig):
     def supports(self, module: nn.Module) -> bool:
         return not isinstance(module, (nn.ModuleList, nn.ModuleDict)) and next(module.parameters(), None) is not None
 
-    def build_model_adapter(self, model: nn.Module) -> nn.Module:
+    def build_model_adapter(self, model: nn.Module, sites: dict[str, nn.Module]) -> nn.Module:
         return TokenPositions(model, self.first, self.last)
 
     def build_site(self, module: nn.Module, path: str, shared: nn.Module | None) -> nn.Module:

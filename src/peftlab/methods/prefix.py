@@ -82,7 +82,7 @@ class PrefixTuning(MethodConfig):
     def select_sites(self, model: nn.Module) -> dict[str, nn.Module]:
         return {}
 
-    def build_model_adapter(self, model: nn.Module) -> nn.Module:
+    def build_model_adapter(self, model: nn.Module, sites: dict[str, nn.Module]) -> nn.Module:
         embedding = input_embeddings(model, self)
         adapter = PrefixAdapter(model, self.num_virtual_tokens, self.reparameterize, self.hidden)
         return adapter.to(device=embedding.weight.device)

@@ -82,7 +82,7 @@ class PromptTuning(MethodConfig):
     def select_sites(self, model: nn.Module) -> dict[str, nn.Module]:
         return {}
 
-    def build_model_adapter(self, model: nn.Module) -> nn.Module:
+    def build_model_adapter(self, model: nn.Module, sites: dict[str, nn.Module]) -> nn.Module:
         embedding = input_embeddings(model, self)
         adapter = PromptAdapter(model, self.initial_prompt(model, embedding))
         return attach.place_like(adapter, embedding)
