@@ -118,11 +118,11 @@ def test_unknown_peft_type_is_refused(tmp_path: Path) -> None:
     model = peftlab.adapt(tiny_bert(), peftlab.LoRA())
     model.save(tmp_path)
     data = json.loads((tmp_path / "adapter_config.json").read_text())
-    data["peft_type"] = "VERA"
+    data["peft_type"] = "BOFT"
     (tmp_path / "adapter_config.json").write_text(json.dumps(data))
     from safetensors.torch import load_file, save_file
 
     tensors = load_file(tmp_path / "adapter_model.safetensors")
     save_file(tensors, tmp_path / "adapter_model.safetensors", metadata={"format": "pt"})
-    with pytest.raises(peftlab.AdapterLoadError, match="'VERA' is not a method peftlab implements"):
+    with pytest.raises(peftlab.AdapterLoadError, match="'BOFT' is not a method peftlab implements"):
         peftlab.load(tiny_bert(), tmp_path)

@@ -26,13 +26,14 @@ class CallContext:
     into a cache ahead of its tokens, the routing of samples or tokens to adapters, and the loss terms that
     activation-based objectives collected."""
 
-    __slots__ = ("_scratch", "losses", "prepared", "routing", "virtual_tokens")
+    __slots__ = ("_scratch", "losses", "observed", "prepared", "routing", "virtual_tokens")
 
     def __init__(self, routing: Any = None) -> None:
         self.routing = routing
         self.prepared: tuple[str, ...] = ()  # model adapters whose prepare() ran in this call, in order
         self.virtual_tokens: dict[int, int] = {}  # id(cache) -> positions written into it by this call's adapters
         self.losses: list[torch.Tensor] = []
+        self.observed: tuple[Any, ...] = ()  # the objectives that see this call (core/objectives.py)
         self._scratch: dict[int, dict[str, Any]] = {}
 
     def scratch(self, owner: object) -> dict[str, Any]:

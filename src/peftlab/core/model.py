@@ -20,6 +20,7 @@ from peftlab.core.copy_site import CopySite
 from peftlab.core.layer import AdaptedLayer
 from peftlab.core.merge_plan import check_mergeable, check_stack, innermost_first
 from peftlab.core.names import as_names, check_adapter_name
+from peftlab.core.objectives import Objective
 from peftlab.core.sites import ModelAdapter, Site, SiteRole
 from peftlab.core.targets import saved_module_paths
 from peftlab.core.view import AdapterView, SiteEntry
@@ -42,6 +43,7 @@ class AdaptedModel(nn.Module):
         self._sites: dict[str, dict[str, SiteRole]] = {}  # adapter name -> {module path: role}
         self._active: tuple[str, ...] = ()
         self._enabled = True
+        self.objectives = nn.ModuleDict()
         self.train(base_model.training)
         for param in base_model.parameters():
             param.requires_grad_(False)
@@ -63,23 +65,27 @@ class AdaptedModel(nn.Module):
         return self._modules["base_model"]
 
     def _live_model_adapters(self) -> tuple[str, ...]:
-        """The active model adapters that act on calls (override prepare or finish); others only hold state."""
+        """The active model adapters that take part in calls (`ModelAdapter.in_calls`); others only hold state."""
         if not self._enabled:
             return ()
-        return tuple(n for n in self._active if n in self.model_adapters and _acts_on_calls(self.model_adapters[n]))
+        return tuple(n for n in self._active if n in self.model_adapters and self.model_adapters[n].in_calls)
 
     def _open_call(self, module: nn.Module, args: tuple, kwargs: dict) -> tuple[tuple, dict] | None:
         """Forward pre-hook of the base model: open this call's context (when it needs one) and let the active
         model-level adapters rewrite the inputs."""
         names = self._live_model_adapters()
         routing = pending().get("routing")
-        call = CallContext(routing) if names or routing is not None else None
+        observed = tuple(self.objectives.values()) if self._enabled and torch.is_grad_enabled() else ()
+        call = CallContext(routing) if names or routing is not None or observed else None
         enter_call(call)  # every call pushes one entry (None: no context), and _close_call pops it
         if call is None:
             return None
         for name in names:
             args, kwargs = self.model_adapters[name].prepare(args, kwargs, call)
             call.prepared += (name,)
+        call.observed = observed
+        for objective in observed:
+            objective.begin(call, kwargs)
         return args, kwargs
 
     def _close_call(self, module: nn.Module, args: tuple, output: Any) -> Any:
@@ -91,6 +97,8 @@ class AdaptedModel(nn.Module):
             return None
         for name in reversed(call.prepared):
             output = self.model_adapters[name].finish(output, call)
+        for objective in call.observed:
+            objective.end(call, output)
         keep_losses(self, call.losses)
         return output
 
@@ -166,6 +174,7 @@ class AdaptedModel(nn.Module):
         self.configs[adapter_name] = config
         self._sites[adapter_name] = placed
         self.set_adapter(self._active or (adapter_name,))
+        self._reattach_objectives()
 
     def set_adapter(self, adapter_name: str | Sequence[str]) -> None:
         """Make one adapter (or several, applied together) active and trainable; the others are frozen."""
@@ -221,6 +230,7 @@ class AdaptedModel(nn.Module):
         remaining = tuple(n for n in self._active if n != adapter_name)
         self._active = remaining or ((self.adapters[0],) if self.adapters else ())
         self._refresh()
+        self._reattach_objectives()
 
     def add_weighted_adapter(self, adapters: str | Sequence[str], weights: Sequence[float], adapter_name: str,
                              combination_type: str | None = None, svd_rank: int | None = None,
@@ -253,6 +263,28 @@ class AdaptedModel(nn.Module):
             self._refresh()
 
     # --- objectives ---------------------------------------------------------------------------------------------
+    def add_objective(self, name: str, objective: Objective) -> None:
+        """Attach a training objective (e.g. peftlab.objectives.DEFT()) whose terms regularization_loss() adds."""
+        check_adapter_name(name)
+        if not isinstance(objective, Objective):
+            raise TypeError(f"objective must be a peftlab Objective (e.g. peftlab.objectives.DEFT()), got "
+                            f"{type(objective).__name__}")
+        if name in self.objectives:
+            raise AdapterStateError(f"an objective named {name!r} is attached already; remove_objective() it first")
+        objective.attach(self)
+        self.objectives[name] = objective
+
+    def remove_objective(self, name: str) -> None:
+        if name not in self.objectives:
+            raise AdapterStateError(f"no objective named {name!r}; attached: {list(self.objectives) or 'none'}")
+        self.objectives[name].detach()
+        del self.objectives[name]
+
+    def _reattach_objectives(self) -> None:
+        """Adding or removing adapters wraps or unwraps modules: objectives observe the modules placed now."""
+        for objective in self.objectives.values():
+            objective.attach(self)
+
     def regularization_loss(self) -> torch.Tensor:
         """The loss terms the active adapters add to the training objective: their sites' and model adapters' own
         terms (e.g. KaSA's), plus the terms collected during this thread's last call of the model (activation-based
@@ -267,6 +299,7 @@ class AdaptedModel(nn.Module):
                         terms.append(term)
                 if view.model_adapter is not None and (term := view.model_adapter.regularization_loss()) is not None:
                     terms.append(term)
+        terms += [t for objective in self.objectives.values() if (t := objective.loss(self)) is not None]
         terms += kept_losses(self)
         if not terms:
             reference = next(self.parameters(), None)
@@ -317,6 +350,8 @@ class AdaptedModel(nn.Module):
         for hook in self._hooks:
             hook.remove()
         self._hooks = ()
+        for name in list(self.objectives):
+            self.remove_objective(name)
         self.model_adapters.clear()
         self.configs.clear()
         self._sites.clear()
@@ -373,11 +408,6 @@ class AdaptedModel(nn.Module):
     def __reduce_ex__(self, protocol: Any) -> tuple:
         """Pickling (torch.save(model), multiprocessing): the class made for the base class is rebuilt on load."""
         return _new_adapted, (type(self._modules["base_model"]),), self.__dict__
-
-
-def _acts_on_calls(adapter: ModelAdapter) -> bool:
-    kind = type(adapter)
-    return kind.prepare is not ModelAdapter.prepare or kind.finish is not ModelAdapter.finish
 
 
 def _check_built(config: MethodConfig, built: nn.Module, declared: Any, hook: str) -> None:

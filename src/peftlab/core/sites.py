@@ -130,6 +130,10 @@ class ModelAdapter(nn.Module, metaclass=abc.ABCMeta):
     """A model-level adapter: sees every call of the base model. Holds the method's model-wide tensors (prompts,
     prefixes) or state shared by its sites. Per-call values go into `call.scratch(self)`."""
 
+    # Whether it takes part in each call (prepare/finish, or sites that keep per-call values in its scratch); one that
+    # only holds tensors its sites share (VeRA's projections) sets False, and calls then open no context for it.
+    in_calls: ClassVar[bool] = True
+
     def prepare(self, args: tuple, kwargs: dict[str, Any], call: CallContext) -> tuple[tuple, dict[str, Any]]:
         """The call's arguments, rewritten before the base model runs (default: unchanged)."""
         return args, kwargs
@@ -160,7 +164,7 @@ KIND_BASES: dict[AttachKind, type[Site]] = {
     AttachKind.REPRESENTATION: RepresentationSite,
     AttachKind.SELECTION: SelectionSite,
 }
-TRAITS = ("additive", "reads_base_weight", "scaling", "trained_bias", "factors", "delta_weight", "merge", "unmerge",
+TRAITS = ("additive", "reads_base_weight", "in_calls", "scaling", "trained_bias", "factors", "delta_weight", "merge", "unmerge",
           "export_state", "expected_state", "import_state", "regularization_loss")
 
 

@@ -26,6 +26,9 @@ ALL_LINEAR = "all-linear"
 HEAD_NAMES = ("lm_head", "classifier", "score", "qa_outputs", "cls", "head")
 AUTO_SAVED_HEADS = ("classifier", "score")
 LAYER_CONTAINERS = ("layers", "layer", "h", "blocks", "block", "encoder_layers", "stages")
+# The projections that end each feed-forward sublayer (BERT/RoBERTa, DistilBERT, Llama-style, GPT-2): their input is
+# the sublayer's intermediate activation.
+FEEDFORWARD_OUTPUTS = r"(?:.*\.)?(?:layer\.\d+\.output\.dense|ffn\.lin2|mlp\.down_proj|mlp\.c_proj)"
 _LAYER_INDEX = re.compile(rf"(?:^|\.)(?:{'|'.join(LAYER_CONTAINERS)})\.(\d+)(?:\.|$)")
 
 

@@ -28,7 +28,7 @@ from peftlab.core.config import MethodConfig, TargetSpec, check, check_range, no
 from peftlab.core.context import CallContext
 from peftlab.core.layer import BaseCall
 from peftlab.core.sites import InsertedSite, ModelAdapter
-from peftlab.core.targets import linear_types, name_matches, select_modules
+from peftlab.core.targets import FEEDFORWARD_OUTPUTS, linear_types, name_matches, select_modules
 from peftlab.core.typology import AttachKind, MethodCard
 from peftlab.errors import AdapterStateError, TargetError
 
@@ -43,7 +43,6 @@ DEFAULT_REDUCTION = 16.0  # m = d / 16 when no size is given (Pfeiffer et al.)
 # Sublayer output projections, by architecture: BERT/RoBERTa (".output.dense" ends both sublayers), DistilBERT,
 # Llama-style, GPT-2.
 HOULSBY_TARGETS = ("output.dense", "out_lin", "lin2", "o_proj", "down_proj", "c_proj")
-FEEDFORWARD_OUTPUTS = r"(?:.*\.)?(?:layer\.\d+\.output\.dense|ffn\.lin2|mlp\.down_proj|mlp\.c_proj)"
 FEEDFORWARD_INPUTS = ("intermediate.dense", "ffn.lin1", "mlp.gate_proj", "mlp.c_fc")
 
 

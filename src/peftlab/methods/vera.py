@@ -88,6 +88,8 @@ def kaiming_uniform(shape: tuple[int, int], generator: torch.Generator) -> torch
 class VeRAProjections(ModelAdapter):
     """The frozen projections A (r, d_in max) and B (d_out max, r) the adapter's layers share."""
 
+    in_calls = False
+
     def __init__(self, r: int, d_in: int, d_out: int, key: int, saved: bool) -> None:
         super().__init__()
         generator = torch.Generator(device="cpu").manual_seed(key)
