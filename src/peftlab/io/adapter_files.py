@@ -49,8 +49,10 @@ def adapter_tensors(model: AdaptedModel, name: str, expected: bool = False) -> d
     return tensors
 
 
-def save_adapter(model: AdaptedModel, name: str, folder: Path) -> None:
-    """Write one adapter to `folder` atomically (each file replaced in one rename)."""
+def save_adapter(model: AdaptedModel, name: str, folder: Path,
+                 tensors: dict[str, torch.Tensor] | None = None) -> None:
+    """Write one adapter to `folder` atomically (each file replaced in one rename). `tensors`: the adapter's
+    tensors as `adapter_tensors` gives them, when the caller already has them whole (FSDP gathers its shards)."""
     config = model.configs[name]
     kinds = model.site_kinds(name)
     sites = sorted(p for p, k in kinds.items() if k == "method")
@@ -66,7 +68,8 @@ def save_adapter(model: AdaptedModel, name: str, folder: Path) -> None:
     file_config["base_model_name_or_path"] = getattr(hf_config, "_name_or_path", None)
     if file_config.get("task_type") is None and hf_config is not None:
         file_config["task_type"] = _task_type(model.base_model, saved)
-    tensors = {k: v.detach().to("cpu").contiguous().clone() for k, v in adapter_tensors(model, name).items()}
+    source = adapter_tensors(model, name) if tensors is None else tensors
+    tensors = {k: v.detach().to("cpu").contiguous().clone() for k, v in source.items()}
     # Our own keys go to the safetensors metadata: Hugging Face PEFT warns about unknown adapter_config.json keys.
     metadata = {"format": "pt", "peftlab_config": json.dumps(config.to_dict()), "peftlab_version": peftlab.__version__,
                 "peftlab_file_config_sha256": _digest(file_config)}
@@ -160,6 +163,16 @@ def load_adapter_into(model: AdaptedModel, folder: Path, name: str) -> None:
     except BaseException:
         model.delete_adapter(name)
         raise
+
+
+def load_adapter_weights(model: AdaptedModel, name: str, folder: Path) -> None:
+    """Overwrite the tensors of the existing adapter `name` with those saved in `folder` (a checkpoint of it);
+    AdapterLoadError when the folder holds another method or configuration."""
+    config, _ = _read_config(folder)
+    if config != model.configs[name]:
+        raise AdapterLoadError(f"{folder} holds a {type(config).card.name} adapter configured as {config.to_dict()}, "
+                               f"not adapter {name!r} of this model ({model.configs[name].to_dict()})")
+    _load_tensors(model, name, folder / WEIGHTS_NAME)
 
 
 def _present_modules_to_save(config: MethodConfig, model: torch.nn.Module) -> MethodConfig:
