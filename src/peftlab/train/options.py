@@ -162,6 +162,6 @@ def to_yaml(options: TrainOptions) -> str:
         for line in textwrap.wrap(field_help(name), 116):
             lines.append(f"# {line}")
         value = getattr(options, name)
-        lines.append(yaml.safe_dump({name: value}, default_flow_style=None, sort_keys=False).rstrip())
+        lines.append(yaml.safe_dump({name: value}, default_flow_style=False, sort_keys=False).rstrip())
         lines.append("")
     return "\n".join(lines)
