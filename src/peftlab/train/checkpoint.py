@@ -29,7 +29,7 @@ from peftlab.core.model import AdaptedModel
 from peftlab.errors import PeftlabError
 from peftlab.io.adapter_files import adapter_tensors, load_adapter_weights, save_adapter
 from peftlab.train.config import TrainConfigError
-from peftlab.train.distributed import Parallel, full_tensors
+from peftlab.train.distributed import Parallel, full_tensors, reshard
 from peftlab.train.loop import LoopState
 from peftlab.train.seed import seed_everything
 from peftlab.train.state_files import (
@@ -102,6 +102,8 @@ def load_adapters(model: AdaptedModel, folder: Path) -> None:
 
 def save_adapters(model: AdaptedModel, folder: Path, parallel: Parallel) -> None:
     """`model.save(folder)`, also under FSDP: every process takes part in gathering shards, the main one writes."""
+    if parallel.strategy == "fsdp":
+        reshard(model)
     for name in model.adapters:
         tensors = full_tensors(adapter_tensors(model, name)) if parallel.strategy == "fsdp" else None
         if parallel.is_main:
@@ -165,6 +167,8 @@ class Checkpointer:
         target = self.root / checkpoint_name(step)
         if self.saved_step == step and (target / MANIFEST).exists():
             return target
+        if self.parallel.strategy == "fsdp":
+            reshard(self.trained)
         optimizer_tensors, optimizer_values = optimizer_state(self.trained, state.optimizer)
         rngs = self.parallel.gather(rng_state())
         data_tensors, data_values = split_state(state.batches.state_dict()) if hasattr(state.batches,

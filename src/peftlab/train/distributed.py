@@ -151,6 +151,16 @@ def shard_units(model: nn.Module) -> list[nn.Module]:
     return [m for lst in base.modules() if isinstance(lst, nn.ModuleList) for m in lst]
 
 
+def reshard(model: nn.Module) -> None:
+    """Put FSDP's parameters back into their shards (a forward without backward, such as an evaluation, leaves the
+    root's unsharded), so that parameters and optimiser state name the same tensors."""
+    from torch.distributed.fsdp import FSDPModule
+
+    for module in model.modules():
+        if isinstance(module, FSDPModule):
+            module.reshard()
+
+
 def full_tensors(tensors: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
     """FSDP's sharded tensors (DTensor) gathered whole; call on every process, in the same order."""
     from torch.distributed.tensor import DTensor
