@@ -96,8 +96,14 @@ def load_adapters(model: AdaptedModel, folder: Path) -> None:
     if verify(folder) is None:
         raise CheckpointError(f"{folder} is not a complete peftlab checkpoint (its {MANIFEST} is missing or a file "
                               "differs from it)")
+    restore_adapters(model, folder / ADAPTER)
+
+
+def restore_adapters(model: AdaptedModel, folder: Path) -> None:
+    """Overwrite every adapter of `model` with its tensors saved by `model.save(folder)` ("default" in the folder,
+    the others in subfolders named after them)."""
     for name in model.adapters:
-        load_adapter_weights(model, name, folder / ADAPTER if name == "default" else folder / ADAPTER / name)
+        load_adapter_weights(model, name, folder if name == "default" else folder / name)
 
 
 def save_adapters(model: AdaptedModel, folder: Path, parallel: Parallel) -> None:
