@@ -6,7 +6,7 @@ import argparse
 import sys
 from pathlib import Path
 
-from peftlab.train.options import FIELDS, build_options, read_yaml, scalar_type, to_yaml
+from peftlab.train.options import FIELDS, TrainOptions, build_options, read_yaml, scalar_type, to_yaml
 
 EXAMPLES = """examples:
   peftlab train --data sentiment --model minilm --method lora:r=8 --steps 200 --out runs/sentiment
@@ -45,14 +45,18 @@ def add_subcommand(subparsers: argparse._SubParsersAction) -> None:
     parser.set_defaults(func=run_command)
 
 
+def options_from_args(args: argparse.Namespace) -> TrainOptions:
+    """The settings of a parsed `peftlab train` command line: defaults, then --config, then the flags."""
+    file_values = read_yaml(args.config) if args.config is not None else {}
+    return build_options(file_values, {name: value for name, value in vars(args).items() if name in FIELDS})
+
+
 def run_command(args: argparse.Namespace) -> int:
     """`peftlab train`: exit code 0 when trained, 130 when stopped by Ctrl-C / SIGTERM (after its checkpoint)."""
     from peftlab.train.command import run_train
     from peftlab.train.loop import TrainingStopped
 
-    file_values = read_yaml(args.config) if args.config is not None else {}
-    flags = {name: value for name, value in vars(args).items() if name in FIELDS}
-    options = build_options(file_values, flags)
+    options = options_from_args(args)
     if args.print_config:
         print(to_yaml(options))
         return 0

@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import json
 import math
+import sys
 import time
 from pathlib import Path
 from typing import Any
@@ -57,11 +58,12 @@ class RunLog:
             metrics = event.metrics or {}
             self.write({"step": event.step, "eval": metrics})
             shown = ", ".join(f"{k} {v:.4g}" for k, v in metrics.items())
-            self.bar.write(f"step {event.step}: validation {shown}")
+            self.note(f"step {event.step}: validation {shown}")
             self._scalars("eval", event.step, metrics)
 
     def note(self, text: str) -> None:
-        self.bar.write(text)
+        """A line for the user, on stderr above the bar (line-buffered: it survives a kill)."""
+        self.bar.write(text, file=sys.stderr)
 
     def _scalars(self, group: str, step: int, values: dict[str, float | None]) -> None:
         if self.writer is None:
