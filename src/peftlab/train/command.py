@@ -1,6 +1,6 @@
 """`peftlab train`: one adapter for one base model and one data set, with checkpoints, resume and several processes.
 
-OUT/ receives train.yaml (the settings used), metrics.jsonl, tensorboard/ (when installed), checkpoints/step-N/,
+OUT/ receives train.yaml (the settings used, the learning rate resolved), metrics.jsonl, tensorboard/ (when installed), checkpoints/step-N/,
 adapter/ (Hugging Face PEFT's layout) and, with merge, merged/ (a transformers model folder).
 """
 
@@ -119,7 +119,7 @@ def _run(options: TrainOptions, parallel: distributed.Parallel, device: torch.de
     log = None
     if parallel.is_main:
         out.mkdir(parents=True, exist_ok=True)
-        write_text_atomic(out / SETTINGS_FILE, to_yaml(options))
+        write_text_atomic(out / SETTINGS_FILE, to_yaml(dataclasses.replace(options, lr=method.lr)))
         log = RunLog(out, options.steps, start_step, progress=options.progress)
         log.note(f"{model.summary().splitlines()[-1]}; lr {method.lr:g}; "
                  + (f"resuming from {resume_from} (step {start_step})" if resume_from else "starting at step 0")
@@ -137,7 +137,7 @@ def _run(options: TrainOptions, parallel: distributed.Parallel, device: torch.de
         save_adapters(model, out / ADAPTER, parallel)
         merged = None
         if options.merge and parallel.is_main:
-            merged = write_merged(data, out / ADAPTER, out / MERGED)
+            merged = write_merged(data, out / ADAPTER, out / MERGED, options.seed)
         parallel.barrier()
     finally:
         if log is not None:
@@ -180,16 +180,23 @@ def run_identity(options: TrainOptions, method: StudyMethod) -> dict[str, Any]:
 
 
 def enable_gradient_checkpointing(base: torch.nn.Module) -> None:
-    """Recompute activations in backward (transformers models; non-reentrant, so frozen inputs need no grad)."""
-    enable = getattr(base, "gradient_checkpointing_enable", None)
-    if enable is None or not getattr(base, "supports_gradient_checkpointing", False):
+    """Recompute activations in backward (transformers models; non-reentrant, so frozen inputs need no grad).
+    transformers 5 names it activation_checkpointing_enable, 4.x gradient_checkpointing_enable."""
+    if not getattr(base, "supports_gradient_checkpointing", False):
         raise TrainConfigError(f"--gradient-checkpointing: {type(base).__name__} does not support it (transformers "
-                               "models that do have gradient_checkpointing_enable)")
-    enable(gradient_checkpointing_kwargs={"use_reentrant": False})
+                               "models that do have activation_checkpointing_enable)")
+    kwargs = {"use_reentrant": False}
+    if hasattr(base, "activation_checkpointing_enable"):
+        base.activation_checkpointing_enable(activation_checkpointing_kwargs=kwargs)
+    else:
+        base.gradient_checkpointing_enable(gradient_checkpointing_kwargs=kwargs)
 
 
-def write_merged(data: TrainingData, adapter: Path, folder: Path) -> Path:
-    """A fresh base with the saved adapter folded in, saved as a transformers model folder (with the tokenizer)."""
+def write_merged(data: TrainingData, adapter: Path, folder: Path, seed: int) -> Path:
+    """The base built again (seeded as for training: a fresh classification head or a random-weight alias comes out
+    the same) with the saved adapter folded in, saved as a transformers model folder with the tokenizer. Built
+    anew, so that it works the same whether training sharded the model (FSDP) or not."""
+    seed_everything(seed)
     merged = peftlab.load(data.task.build_model(), adapter).merge_and_unload()
     staging = folder.with_name(f".{folder.name}.tmp")
     shutil.rmtree(staging, ignore_errors=True)
