@@ -4,8 +4,6 @@ from __future__ import annotations
 
 import json
 import random
-import subprocess
-import sys
 from pathlib import Path
 
 import pytest
@@ -38,12 +36,6 @@ def sums_file(tmp_path: Path) -> Path:
     rng = random.Random(1)
     pairs = [(rng.randint(0, 9), rng.randint(0, 9)) for _ in range(60)]
     return write_jsonl(tmp_path / "sums.jsonl", [{"prompt": f"{a}+{b}=", "completion": str(a + b)} for a, b in pairs])
-
-
-def run_peftlab(*args: str, timeout: float = 300) -> subprocess.CompletedProcess:
-    """`python -m peftlab ARGS` in a fresh process (one thread), output captured."""
-    return subprocess.run([sys.executable, "-m", "peftlab", *args], capture_output=True, text=True, timeout=timeout,
-                          env=subprocess_env())
 
 
 def options_for(*flags: str) -> TrainOptions:

@@ -56,7 +56,8 @@ def test_sigkill_at_random_steps_then_resume_reaches_the_uninterrupted_adapter(t
         kills += 1
         resumed_from += [line for line in err.splitlines() if "resuming from" in line]
     assert kills >= 3, f"only {kills} kills landed before the run ended"
-    finished = subprocess.run(command, capture_output=True, text=True, env=subprocess_env(), timeout=300)
+    finished = subprocess.run(command, capture_output=True, text=True, env=subprocess_env(), timeout=300,
+                              check=False)
     assert finished.returncode == 0, finished.stderr[-2000:]
     assert len(resumed_from) >= 2 and "resuming from" in finished.stderr
     assert adapter_difference(reference / "adapter", killed / "adapter") <= 1e-6

@@ -64,11 +64,14 @@ def verify(folder: Path) -> dict[str, Any] | None:
         manifest = json.loads((folder / MANIFEST).read_text(encoding="utf-8"))
     except (OSError, ValueError):
         return None
-    if not isinstance(manifest, dict) or manifest.get("format") != FORMAT or not isinstance(manifest.get("files"), dict):
+    if not isinstance(manifest, dict) or manifest.get("format") != FORMAT or not isinstance(manifest.get("files"),
+                                                                                             dict):
         return None
     for relative, expected in manifest["files"].items():
         path = folder / relative
-        if not path.is_file() or path.stat().st_size != expected.get("bytes") or _sha256(path) != expected.get("sha256"):
+        if not path.is_file() or path.stat().st_size != expected.get("bytes"):
+            return None
+        if _sha256(path) != expected.get("sha256"):
             return None
     return manifest
 

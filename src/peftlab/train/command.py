@@ -1,7 +1,8 @@
 """`peftlab train`: one adapter for one base model and one data set, with checkpoints, resume and several processes.
 
-OUT/ receives train.yaml (the settings used, the learning rate resolved), metrics.jsonl, tensorboard/ (when installed), checkpoints/step-N/,
-adapter/ (Hugging Face PEFT's layout) and, with merge, merged/ (a transformers model folder).
+OUT/ receives train.yaml (the settings used, the learning rate resolved), metrics.jsonl, tensorboard/ (when
+installed), checkpoints/step-N/, adapter/ (Hugging Face PEFT's layout) and, with merge, merged/ (a transformers model
+folder).
 """
 
 from __future__ import annotations
@@ -24,8 +25,8 @@ from peftlab.study.tasks.base import TaskSpec
 from peftlab.train import distributed
 from peftlab.train.batches import BatchOrder, MicroBatches
 from peftlab.train.checkpoint import (
-    CheckpointError,
     Checkpointer,
+    CheckpointError,
     latest_checkpoint,
     load_adapters,
     save_adapters,

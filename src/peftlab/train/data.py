@@ -59,7 +59,8 @@ def _held_out(validation: Any, examples: int, default: int) -> int | Path:
             return Path(validation).expanduser()
     if isinstance(validation, float):
         if not 0 <= validation < 1:
-            raise TrainConfigError(f"--validation {validation}: a fraction must be in [0, 1); a count is a whole number")
+            raise TrainConfigError(f"--validation {validation}: a fraction must be in [0, 1); a count is a whole "
+                                   "number")
         return round(validation * examples)
     if validation < 0 or validation >= examples:
         raise TrainConfigError(f"--validation {validation}: cannot hold out that many of {examples} examples")

@@ -17,7 +17,7 @@ from peftlab.train.distributed import STRATEGIES
 RESUME_MODES = ("auto", "must", "never")
 
 
-def _field(default: Any, help: str) -> Any:  # noqa: A002  (argparse's word)
+def _field(default: Any, help: str) -> Any:
     return dataclasses.field(default=default, metadata={"help": help})
 
 
@@ -30,13 +30,15 @@ class TrainOptions:
                                     "(chat, JSON lines) columns. Required")
     model: str | None = _field(None, "base model: an alias (minilm, tiny-bert, smollm2, tiny-llama), a local folder or "
                                      "a hub id; default minilm for classification data, smollm2 for language data")
-    method: Any = _field("lora", "method and its fields, e.g. lora:r=16:alpha=32:targets=q_proj|v_proj (any registered "
-                                 "method, see `peftlab methods`); in YAML also a mapping {id: lora, r: 16}")
+    method: Any = dataclasses.field(default="lora", metadata={"help": (
+        "method and its fields, e.g. lora:r=16:alpha=32:targets=q_proj|v_proj (any registered method, see `peftlab "
+        "methods`); in YAML also a mapping {id: lora, r: 16}")})
     out: str = _field("peftlab-train", "output folder: adapter/, checkpoints/, metrics.jsonl, tensorboard/")
-    validation: Any = _field(None, "validation data: a file like --data, or a fraction (0.1) or a number (200) of "
-                                   "examples held out of --data; default the built-in split, or 10%% of a file (at "
-                                   "most 1000); 0 = none")
-    chat: bool = _field(False, "wrap prompt,completion rows in the tokenizer's chat template (messages rows always are)")
+    validation: Any = dataclasses.field(default=None, metadata={"help": (
+        "validation data: a file like --data, or a fraction (0.1) or a number (200) of examples held out of --data; "
+        "default the built-in split, or 10%% of a file (at most 1000); 0 = none")})
+    chat: bool = _field(False, "wrap prompt,completion rows in the tokenizer's chat template (messages rows always "
+                               "are)")
     max_length: int = _field(128, "tokens per example (longer ones are cut)")
     steps: int = _field(100, "optimiser steps")
     batch_size: int = _field(8, "examples per optimiser step, over all processes and accumulation steps")
@@ -79,7 +81,8 @@ class TrainOptions:
         if self.threads is not None and self.threads < 1:
             raise TrainConfigError(f"threads must be >= 1, got {self.threads}")
         if not isinstance(self.method, (str, dict)):
-            raise TrainConfigError(f"method must be a string like lora:r=16 or a mapping with an id, got {self.method!r}")
+            raise TrainConfigError(f"method must be a string like lora:r=16 or a mapping with an id, got "
+                                   f"{self.method!r}")
 
     @property
     def out_dir(self) -> Path:

@@ -107,7 +107,7 @@ def endless_batches(examples: Sequence[T], batch_size: int, generator: torch.Gen
         raise StudyError("the training split is empty")
     by_index = None
     if length is not None and length(examples[0]) is not None:
-        by_index = lambda i: length(examples[i])  # noqa: E731
+        by_index = lambda i: length(examples[i])
     return MicroBatches(examples, BatchOrder(len(examples), batch_size, generator, by_index, group), collate)
 
 

@@ -14,8 +14,8 @@ from torch import nn
 
 from peftlab.study import models
 from peftlab.study.data.examples import Conversation, PromptCompletion
-from peftlab.study.errors import StudyError
 from peftlab.study.data.split import Splits, split
+from peftlab.study.errors import StudyError
 from peftlab.study.tasks.base import Batch, TaskSpec, chunks, resolve_sizes
 from peftlab.train import move_batch
 
