@@ -11,6 +11,7 @@ import contextlib
 import dataclasses
 import shutil
 import signal
+import sys
 import threading
 from collections.abc import Callable, Iterator
 from pathlib import Path
@@ -141,9 +142,12 @@ def _run(options: TrainOptions, parallel: distributed.Parallel, device: torch.de
             merged = write_merged(data, out / ADAPTER, out / MERGED, options.seed)
         parallel.barrier()
     finally:
-        if log is not None:
-            for note in checkpointer.notes:
+        for note in checkpointer.notes:
+            if log is not None:
                 log.note(note)
+            else:
+                print(f"process {parallel.rank}: {note}", file=sys.stderr)
+        if log is not None:
             log.close()
     return TrainOutcome(out, out / ADAPTER, merged, start_step, result, checkpointer.notes, parallel.is_main)
 
