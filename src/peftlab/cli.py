@@ -89,10 +89,12 @@ def build_parser() -> argparse.ArgumentParser:
     combine.set_defaults(func=_combine)
     try:
         from peftlab.study.cli import add_subcommands
-    except ImportError:  # the study needs optional dependencies
+        from peftlab.train.cli import add_subcommand as add_train
+    except ImportError:  # the study and `train` need optional dependencies
         pass
     else:
         add_subcommands(sub)
+        add_train(sub)
     return parser
 
 

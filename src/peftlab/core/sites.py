@@ -164,8 +164,8 @@ KIND_BASES: dict[AttachKind, type[Site]] = {
     AttachKind.REPRESENTATION: RepresentationSite,
     AttachKind.SELECTION: SelectionSite,
 }
-TRAITS = ("additive", "reads_base_weight", "in_calls", "scaling", "trained_bias", "factors", "delta_weight", "merge", "unmerge",
-          "export_state", "expected_state", "import_state", "regularization_loss")
+TRAITS = ("additive", "reads_base_weight", "in_calls", "scaling", "trained_bias", "factors", "delta_weight", "merge",
+          "unmerge", "export_state", "expected_state", "import_state", "regularization_loss")
 
 
 def check_site_class(site_cls: type, kind: AttachKind, mergeable: bool, method: str) -> None:

@@ -48,15 +48,17 @@ def adapter_tensors(adapter: AdapterView, expected: bool = False) -> dict[str, t
     return tensors
 
 
-def save_adapter(adapter: AdapterView, folder: Path) -> None:
-    """Write one adapter to `folder` atomically (each file replaced in one rename)."""
+def save_adapter(adapter: AdapterView, folder: Path, tensors: dict[str, torch.Tensor] | None = None) -> None:
+    """Write one adapter to `folder` atomically (each file replaced in one rename). `tensors`: the adapter's
+    tensors as `adapter_tensors` gives them, when the caller already has them whole (FSDP gathers its shards)."""
     config = adapter.config
     file_config = config.file_format.to_file(adapter)
     hf_config = getattr(adapter.base_model, "config", None)
     file_config["base_model_name_or_path"] = getattr(hf_config, "_name_or_path", None)
     if file_config.get("task_type") is None and hf_config is not None:
         file_config["task_type"] = _task_type(adapter.base_model, adapter.paths(SiteRole.SAVED))
-    tensors = {k: v.detach().to("cpu").contiguous().clone() for k, v in adapter_tensors(adapter).items()}
+    source = adapter_tensors(adapter) if tensors is None else tensors
+    tensors = {k: v.detach().to("cpu").contiguous().clone() for k, v in source.items()}
     # Our own keys go to the safetensors metadata: Hugging Face PEFT warns about unknown adapter_config.json keys.
     metadata = {"format": "pt", "peftlab_config": json.dumps(config.to_dict()), "peftlab_version": __version__,
                 "peftlab_file_config_sha256": _digest(file_config)}
@@ -161,6 +163,16 @@ def load_adapter_into(model: AdaptedModel, folder: Path, name: str) -> None:
     except BaseException:
         model.delete_adapter(name)
         raise
+
+
+def load_adapter_weights(model: AdaptedModel, name: str, folder: Path) -> None:
+    """Overwrite the tensors of the existing adapter `name` with those saved in `folder` (a checkpoint of it);
+    AdapterLoadError when the folder holds another method or configuration."""
+    config, _ = _read_config(folder)
+    if config != model.configs[name]:
+        raise AdapterLoadError(f"{folder} holds a {type(config).card.name} adapter configured as {config.to_dict()}, "
+                               f"not adapter {name!r} of this model ({model.configs[name].to_dict()})")
+    _load_tensors(model.adapter(name), folder / WEIGHTS_NAME)
 
 
 def _present_modules_to_save(config: MethodConfig, model: torch.nn.Module) -> MethodConfig:

@@ -13,6 +13,9 @@ class TrainConfigError(PeftlabError, ValueError):
     """A training setting is out of range (raised when the TrainConfig is built)."""
 
 
+PRECISIONS = ("fp32", "bf16", "fp16")
+
+
 @dataclasses.dataclass(frozen=True)
 class TrainConfig:
     """Settings of `peftlab.train.train`.
@@ -25,6 +28,9 @@ class TrainConfig:
     eval_every: evaluate every this many steps (and always at the last step); 0 = only at the end.
     device: "auto" (cuda, then mps, then cpu), "cpu", "cuda", "cuda:1", "mps".
     log_every: emit a step event every this many steps.
+    accumulation: micro-batches per optimiser step (gradient accumulation); the loop draws this many batches a step.
+    precision: "fp32", or "bf16" / "fp16" autocast (adapter weights and their gradients stay in their own dtype;
+        fp16 scales the loss against underflow).
     """
 
     steps: int
@@ -35,6 +41,8 @@ class TrainConfig:
     eval_every: int = 0
     device: str = "auto"
     log_every: int = 1
+    accumulation: int = 1
+    precision: str = "fp32"
 
     def __post_init__(self) -> None:
         if self.steps < 1:
@@ -47,6 +55,10 @@ class TrainConfig:
             raise TrainConfigError("weight_decay and grad_clip must be >= 0")
         if self.eval_every < 0 or self.log_every < 1:
             raise TrainConfigError("eval_every must be >= 0 and log_every >= 1")
+        if self.accumulation < 1:
+            raise TrainConfigError(f"accumulation={self.accumulation}: at least 1 micro-batch per step")
+        if self.precision not in PRECISIONS:
+            raise TrainConfigError(f"precision={self.precision!r}: choose one of {', '.join(PRECISIONS)}")
 
     def to_dict(self) -> dict[str, Any]:
         """Plain JSON-able dict (inverse: TrainConfig(**d))."""

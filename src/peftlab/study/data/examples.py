@@ -19,6 +19,25 @@ class PromptCompletion(NamedTuple):
     completion: str
 
 
+class Conversation(NamedTuple):
+    """A chat as (role, content) turns; the model is trained on the assistant turns. `prompt` / `completion` are the
+    turns before the last assistant turn and that turn (what exact match compares)."""
+
+    messages: tuple[tuple[str, str], ...]
+
+    @property
+    def last_reply(self) -> int:
+        return max(i for i, (role, _) in enumerate(self.messages) if role == "assistant")
+
+    @property
+    def prompt(self) -> str:
+        return "\n".join(content for _, content in self.messages[: self.last_reply])
+
+    @property
+    def completion(self) -> str:
+        return self.messages[self.last_reply][1]
+
+
 class LabeledData(NamedTuple):
     """A classification data set: examples and the names of the classes (index = label)."""
 

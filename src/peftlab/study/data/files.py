@@ -1,4 +1,5 @@
-"""A user's own data: a CSV or JSONL file with columns text,label (classification) or prompt,completion (LM)."""
+"""A user's own data: a CSV or JSONL file with columns text,label (classification) or prompt,completion (LM), or a
+JSONL file with a `messages` list of {"role", "content"} turns (chat LM, trained on the assistant turns)."""
 
 from __future__ import annotations
 
@@ -8,10 +9,11 @@ import json
 from pathlib import Path
 from typing import Any
 
-from peftlab.study.data.examples import Labeled, LabeledData, PromptCompletion
+from peftlab.study.data.examples import Conversation, Labeled, LabeledData, PromptCompletion
 from peftlab.study.errors import StudyError
 
-FileData = LabeledData | list[PromptCompletion]
+FileData = LabeledData | list[PromptCompletion] | list[Conversation]
+ROLES = ("system", "user", "assistant", "tool")
 DATA_FILE_SUFFIXES = (".csv", ".jsonl", ".ndjson")
 
 
@@ -42,8 +44,10 @@ def read_rows(path: Path) -> list[dict[str, Any]]:
     return rows
 
 
-def read_task_file(path: Path) -> FileData:
-    """Labeled texts (columns text,label; labels are names or integers) or prompt/completion pairs."""
+def read_task_file(path: Path, label_names: list[str] | None = None) -> FileData:
+    """Labeled texts (columns text,label; labels are names or integers), prompt/completion pairs, or chats
+    (`messages`). `label_names`: the classes of another file of the same task (a validation file's labels must be
+    among its training file's, and get the same indices)."""
     rows = read_rows(path)
     if not rows:
         raise StudyError(f"data file {path} has no rows")
@@ -51,17 +55,38 @@ def read_task_file(path: Path) -> FileData:
     if {"text", "label"} <= columns:
         _require_fields(path, rows, ("text", "label"))
         labels = [_label(r["label"]) for r in rows]
-        names = sorted(set(labels), key=_label_sort_key)
+        names = label_names or sorted(set(labels), key=_label_sort_key)
         if len(names) < 2:
             raise StudyError(f"data file {path}: every row has the label {names[0]!r}; classification needs at "
                              "least two classes")
+        unknown = sorted(set(labels) - set(names))
+        if unknown:
+            raise StudyError(f"data file {path} has labels {unknown} that the training data does not have "
+                             f"({', '.join(names)})")
         index = {name: i for i, name in enumerate(names)}
         return LabeledData([Labeled(str(r["text"]), index[label]) for r, label in zip(rows, labels)], names)
     if {"prompt", "completion"} <= columns:
         _require_fields(path, rows, ("prompt", "completion"))
         return [PromptCompletion(str(r["prompt"]), str(r["completion"])) for r in rows]
-    raise StudyError(f"data file {path} has columns {sorted(columns)}; expected text,label (classification) "
-                     "or prompt,completion (causal language modelling)")
+    if "messages" in columns:
+        return [_conversation(path, number, row.get("messages")) for number, row in enumerate(rows, 1)]
+    raise StudyError(f"data file {path} has columns {sorted(columns)}; expected text,label (classification), "
+                     "prompt,completion or messages (causal language modelling)")
+
+
+def _conversation(path: Path, number: int, messages: Any) -> Conversation:
+    """One chat row: a list of {"role", "content"} with at least one assistant turn."""
+    where = f"data file {path}: row {number}"
+    if not isinstance(messages, list) or not messages:
+        raise StudyError(f"{where}: messages must be a JSON list of {{\"role\": ..., \"content\": ...}} turns")
+    turns = []
+    for turn in messages:
+        if not isinstance(turn, dict) or turn.get("role") not in ROLES or not isinstance(turn.get("content"), str):
+            raise StudyError(f"{where}: each turn needs a role ({', '.join(ROLES)}) and a text content, got {turn!r}")
+        turns.append((turn["role"], turn["content"]))
+    if not any(role == "assistant" for role, _ in turns):
+        raise StudyError(f"{where} has no assistant turn to train on")
+    return Conversation(tuple(turns))
 
 
 def _require_fields(path: Path, rows: list[dict[str, Any]], fields: tuple[str, ...]) -> None:

@@ -15,6 +15,7 @@ from torch import nn
 from peftlab.study.data.files import DATA_FILE_SUFFIXES
 from peftlab.study.data.split import Splits
 from peftlab.study.errors import StudyError
+from peftlab.train.batches import BatchOrder, MicroBatches
 
 T = TypeVar("T")
 Batch = dict[str, Any]
@@ -87,6 +88,10 @@ class Task(Protocol):
     def splits(self) -> Splits: ...
     def collate(self, examples: Sequence[Any]) -> Batch: ...
     def loss(self, model: nn.Module, batch: Batch) -> torch.Tensor: ...
+    def loss_weight(self, batch: Batch) -> int:
+        """What `loss` is a mean over (examples, or target tokens), to weigh micro-batches and processes."""
+        ...
+
     def infer(self, model: nn.Module, batch: Batch) -> Any: ...
     def evaluate(self, model: nn.Module, examples: Sequence[Any], device: torch.device, *,
                  final: bool) -> dict[str, float]: ...
@@ -96,35 +101,14 @@ class Task(Protocol):
 def endless_batches(examples: Sequence[T], batch_size: int, generator: torch.Generator,
                     collate: Callable[[Sequence[T]], Batch],
                     length: Callable[[T], int] | None = None, group: int = 32) -> Iterator[Batch]:
-    """Shuffled batches epoch after epoch (the last incomplete batch of an epoch is dropped when possible).
-
-    With `length`, each window of `group` batches is sorted by example length before it is cut into batches, and
-    the batches are shuffled again: batches hold similar lengths, so less padding is computed (about a third
-    fewer tokens on tweets), while the data order stays random at the scale of the window.
-    """
+    """Shuffled batches epoch after epoch (see peftlab.train.batches.BatchOrder); with `length`, batches of similar
+    lengths (images have no length: plain random batches)."""
     if not examples:
         raise StudyError("the training split is empty")
-    size = min(batch_size, len(examples))
-    while True:
-        order = torch.randperm(len(examples), generator=generator).tolist()
-        order = order[: len(order) - len(order) % size]
-        batches = [order[i:i + size] for i in range(0, len(order), size)]
-        if length is not None and length(examples[0]) is not None:  # images have no length: plain random batches
-            batches = _length_grouped(batches, examples, length, group, generator)
-        for indices in batches:
-            yield collate([examples[i] for i in indices])
-
-
-def _length_grouped(batches: list[list[int]], examples: Sequence[T], length: Callable[[T], int], group: int,
-                    generator: torch.Generator) -> list[list[int]]:
-    out: list[list[int]] = []
-    for start in range(0, len(batches), group):
-        window = [i for batch in batches[start:start + group] for i in batch]
-        window.sort(key=lambda i: length(examples[i]))
-        size = len(batches[start])
-        regrouped = [window[i:i + size] for i in range(0, len(window), size)]
-        out.extend(regrouped[j] for j in torch.randperm(len(regrouped), generator=generator).tolist())
-    return out
+    by_index = None
+    if length is not None and length(examples[0]) is not None:
+        by_index = lambda i: length(examples[i])
+    return MicroBatches(examples, BatchOrder(len(examples), batch_size, generator, by_index, group), collate)
 
 
 def chunks(items: Sequence[T], size: int) -> Iterator[Sequence[T]]:

@@ -13,8 +13,9 @@ import torch
 from torch import nn
 
 from peftlab.study import models
-from peftlab.study.data.examples import PromptCompletion
+from peftlab.study.data.examples import Conversation, PromptCompletion
 from peftlab.study.data.split import Splits, split
+from peftlab.study.errors import StudyError
 from peftlab.study.tasks.base import Batch, TaskSpec, chunks, resolve_sizes
 from peftlab.train import move_batch
 
@@ -56,7 +57,9 @@ class CausalLMTask:
                 "test_size": self.test_size, "validation_size": self.validation_size, "chat": self.chat,
                 "input_size": f"max length {self.spec.max_length}"}
 
-    def length(self, example: PromptCompletion) -> int:
+    def length(self, example: PromptCompletion | Conversation) -> int:
+        if isinstance(example, Conversation):
+            return sum(len(content) for _, content in example.messages)
         return len(example.prompt) + len(example.completion)
 
     def fields_for(self, method_id: str) -> dict[str, Any]:
@@ -78,8 +81,50 @@ class CausalLMTask:
             text = prompt
         return tok(text, add_special_tokens=False)["input_ids"]
 
-    def encode(self, example: PromptCompletion) -> tuple[list[int], list[int]]:
+    def prompt_ids_of(self, example: PromptCompletion | Conversation) -> list[int]:
+        """The tokens a greedy completion of `example` starts from."""
+        if isinstance(example, Conversation):
+            return self.tokenizer(self.render(example.messages[: example.last_reply], reply=True),
+                                  add_special_tokens=False)["input_ids"]
+        return self.prompt_ids(example.prompt)
+
+    def render(self, turns: Sequence[tuple[str, str]], reply: bool = False) -> str:
+        """Chat turns as the tokenizer's chat template writes them (`reply`: followed by an assistant header)."""
+        tok = self.tokenizer
+        if not getattr(tok, "chat_template", None):
+            raise StudyError(f"the tokenizer of {self.model_ref!r} has no chat template; chat (messages) data needs "
+                             "one: use a chat model (e.g. smollm2) or prompt,completion rows")
+        messages = [{"role": role, "content": content} for role, content in turns]
+        return tok.apply_chat_template(messages, add_generation_prompt=reply, tokenize=False)
+
+    def encode_conversation(self, example: Conversation) -> tuple[list[int], list[int]]:
+        """(input ids, labels) of a chat rendered with the chat template, labels on the assistant turns only (their
+        text and end-of-turn marker). Rendered prefix by prefix, so each turn's tokens are known; cut at max_length."""
+        ids: list[int] = []
+        labels: list[int] = []
+        done = ""
+        for i, (role, _) in enumerate(example.messages):
+            pieces = [(self.render(example.messages[:i], reply=True), False)] if role == "assistant" else []
+            pieces.append((self.render(example.messages[: i + 1]), role == "assistant"))
+            for text, trained in pieces:
+                if not text.startswith(done):
+                    raise StudyError(f"the chat template of {self.model_ref!r} does not render a conversation as "
+                                     "a growing text (turn by turn), so the assistant turns cannot be located; use "
+                                     "prompt,completion rows")
+                segment = self.tokenizer(text[len(done):], add_special_tokens=False)["input_ids"]
+                ids += segment
+                labels += segment if trained else [IGNORE] * len(segment)
+                done = text
+        return ids[: self.spec.max_length], labels[: self.spec.max_length]
+
+    def loss_weight(self, batch: Batch) -> int:
+        """What `loss` is a mean over: the batch's target tokens."""
+        return int((batch["labels"][:, 1:] != IGNORE).sum())
+
+    def encode(self, example: PromptCompletion | Conversation) -> tuple[list[int], list[int]]:
         """(input ids, labels) with the prompt masked out; the prompt is cut from the left to fit max_length."""
+        if isinstance(example, Conversation):
+            return self.encode_conversation(example)
         completion = self.tokenizer(example.completion, add_special_tokens=False)["input_ids"]
         completion = completion[: self.spec.max_length - 1] + [self.tokenizer.eos_token_id]
         prompt = self.prompt_ids(example.prompt)[-max(1, self.spec.max_length - len(completion)):]
@@ -135,7 +180,7 @@ class CausalLMTask:
         """Share of examples whose greedy completion equals the reference (case, spaces and punctuation ignored)."""
         by_length: dict[int, list[tuple[list[int], str]]] = defaultdict(list)
         for example in examples:
-            ids = self.prompt_ids(example.prompt)[-self.spec.max_length:]
+            ids = self.prompt_ids_of(example)[-self.spec.max_length:]
             by_length[len(ids)].append((ids, example.completion))
         hits = 0
         for group in by_length.values():

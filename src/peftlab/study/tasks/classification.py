@@ -58,6 +58,10 @@ class ClassificationTask:
     def loss(self, model: nn.Module, batch: Batch) -> torch.Tensor:
         return F.cross_entropy(self.encoder.logits(model, batch), batch["labels"])
 
+    def loss_weight(self, batch: Batch) -> int:
+        """What `loss` is a mean over: the batch's examples."""
+        return len(batch["labels"])
+
     def infer(self, model: nn.Module, batch: Batch) -> torch.Tensor:
         return self.encoder.logits(model, batch)
 
