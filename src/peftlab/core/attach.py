@@ -33,9 +33,15 @@ def unwrap(root: nn.Module, path: str) -> nn.Module:
     return layer.base_layer
 
 
+def logical_path(name: str) -> str:
+    """A module's path as the model names it, without the ".base_layer" of wrappers around it or its parents."""
+    return name.replace(".base_layer.", ".").removesuffix(".base_layer")
+
+
 def adapted_layers(root: nn.Module) -> dict[str, AdaptedLayer]:
-    """Every AdaptedLayer in the model, by path."""
-    return {name: m for name, m in root.named_modules() if isinstance(m, AdaptedLayer)}
+    """Every AdaptedLayer in the model, by its logical path (an adapted module inside an adapted block, e.g. LoRA
+    inside a block LoReFT wraps, keeps its own path)."""
+    return {logical_path(name): m for name, m in root.named_modules() if isinstance(m, AdaptedLayer)}
 
 
 def place_like(adapter: nn.Module, module: nn.Module) -> nn.Module:

@@ -5,6 +5,7 @@ from __future__ import annotations
 import torch
 from torch import nn
 
+from peftlab.core import routing
 from peftlab.core.layer import BaseCall
 from peftlab.core.sites import WeightDeltaSite
 
@@ -49,6 +50,17 @@ class BiasDelta(WeightDeltaSite):
         if self.channel_dim == 1:
             delta = delta.view(-1, *([1] * (result.dim() - 2)))  # (C,) -> (C, 1[, 1])
         return result + delta.to(result.dtype)
+
+    routable = True
+
+    @classmethod
+    def route(cls, sites: list[BiasDelta | None], index: torch.Tensor, x: torch.Tensor, base: BaseCall,
+              cache: routing.StackCache) -> torch.Tensor:
+        """Each sample's (or token's) own Δb (zero for the others)."""
+        result = base(x)
+        deltas = cache.get(sites, lambda: routing.stack([s.bias_delta if s is not None else None for s in sites]))
+        dim = next(s for s in sites if s is not None).channel_dim
+        return result + routing.pick(deltas, index, result, dim).to(result.dtype)
 
     def merge(self, module: nn.Module) -> None:
         module.bias += self.bias_delta.to(module.bias.dtype)

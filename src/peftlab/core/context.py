@@ -26,11 +26,12 @@ class CallContext:
     into a cache ahead of its tokens, the routing of samples or tokens to adapters, and the loss terms that
     activation-based objectives collected."""
 
-    __slots__ = ("_scratch", "losses", "observed", "prepared", "routing", "virtual_tokens")
+    __slots__ = ("_scratch", "losses", "observed", "prepared", "routed_prepared", "routing", "virtual_tokens")
 
     def __init__(self, routing: Any = None) -> None:
-        self.routing = routing
+        self.routing = routing  # core/routing.Routing: the adapter of each sample or token, or None
         self.prepared: tuple[str, ...] = ()  # model adapters whose prepare() ran in this call, in order
+        self.routed_prepared: list[tuple[type, list[Any]]] = []  # (class, adapters) whose route_prepare() ran
         self.virtual_tokens: dict[int, int] = {}  # id(cache) -> positions written into it by this call's adapters
         self.losses: list[torch.Tensor] = []
         self.observed: tuple[Any, ...] = ()  # the objectives that see this call (core/objectives.py)

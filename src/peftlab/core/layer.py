@@ -14,12 +14,14 @@ nesting; merged adapters are skipped (their effect lives in the base weights).
 
 from __future__ import annotations
 
+import functools
 from typing import Any
 
 import torch
 from torch import nn
 
 from peftlab.core.context import CallContext, current_call
+from peftlab.core.routing import Routing, StackCache
 from peftlab.core.sites import MergeableSite
 from peftlab.errors import AdapterStateError
 
@@ -57,16 +59,31 @@ class AdaptedLayer(nn.Module):
         self.adapters = nn.ModuleDict()
         self.merged: list[str] = []
         self._chain: tuple[nn.Module, ...] = ()
+        self._stacks = StackCache()
 
     def set_active(self, names: tuple[str, ...]) -> None:
         """Run the adapters `names` (in order, first outermost) that live here and are not merged."""
         self._chain = tuple(self.adapters[n] for n in names if n in self.adapters and n not in self.merged)
 
     def forward(self, x: Any, *args: Any, **kwargs: Any) -> Any:
+        call = current_call()
+        if call is not None and call.routing is not None:
+            return self._routed(x, args, kwargs, call, call.routing)
         chain = self._chain
         if not chain:
             return self.base_layer(x, *args, **kwargs)
-        return chain[0](x, BaseCall(self.base_layer, args, kwargs, chain[1:], current_call()))
+        return chain[0](x, BaseCall(self.base_layer, args, kwargs, chain[1:], call))
+
+    def _routed(self, x: Any, args: tuple, kwargs: dict, call: CallContext, routing: Routing) -> Any:
+        """Each position (sample or token) through its own adapter here, in one pass per site class: the classes
+        present nest like a chain, each leaving the positions routed elsewhere to the rest of it."""
+        sites = [self.adapters[n] if n in self.adapters else None for n in routing.names]  # noqa: SIM401
+        classes = list(dict.fromkeys(type(s) for s in sites if s is not None))
+        steps = tuple(functools.partial(_route_class, kind, [s if type(s) is kind else None for s in sites],
+                                        routing.index, self._stacks) for kind in classes)
+        if not steps:
+            return self.base_layer(x, *args, **kwargs)
+        return steps[0](x, BaseCall(self.base_layer, args, kwargs, steps[1:], call))
 
     # --- merging ------------------------------------------------------------------------------------------------
     def merge(self, name: str) -> None:
@@ -94,3 +111,11 @@ class AdaptedLayer(nn.Module):
 
     def extra_repr(self) -> str:
         return f"adapters={list(self.adapters)}, merged={self.merged}"
+
+
+def _route_class(kind: type, sites: list, index: torch.Tensor, stacks: StackCache, x: Any, base: BaseCall) -> Any:
+    return kind.route(sites, index.to(_device_of(x)), x, base, stacks)
+
+
+def _device_of(x: Any) -> torch.device:
+    return x.device if isinstance(x, torch.Tensor) else torch.device("cpu")

@@ -6,6 +6,7 @@ from collections.abc import Iterable
 
 from torch import nn
 
+from peftlab.core.attach import logical_path
 from peftlab.core.layer import AdaptedLayer
 from peftlab.core.sites import MergeableSite
 from peftlab.core.view import AdapterView
@@ -41,11 +42,12 @@ def parameter_owners(base_model: nn.Module) -> dict[int, list[str]]:
     """Parameter id -> paths of the base modules holding it (several paths: tied weights)."""
     owners: dict[int, list[str]] = {}
     for path, module in base_model.named_modules(remove_duplicate=False):
-        if isinstance(module, AdaptedLayer):
+        if isinstance(module, AdaptedLayer) or ".adapters." in path:
             continue
-        path = path.removesuffix(".base_layer")
+        path = logical_path(path)
         for param in module.parameters(recurse=False):
-            owners.setdefault(id(param), []).append(path)
+            if path not in owners.setdefault(id(param), []):
+                owners[id(param)].append(path)
     return owners
 
 

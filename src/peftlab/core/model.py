@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import contextlib
 import functools
-from collections.abc import Callable, Iterator, Sequence
+from collections.abc import Callable, Iterator, Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -19,8 +19,10 @@ from peftlab.core.context import CallContext, current_call, enter_call, exit_cal
 from peftlab.core.copy_site import CopySite
 from peftlab.core.layer import AdaptedLayer
 from peftlab.core.merge_plan import check_mergeable, check_stack, innermost_first
+from peftlab.core.model_inputs import batch_shape
 from peftlab.core.names import as_names, check_adapter_name
 from peftlab.core.objectives import Objective
+from peftlab.core.routing import Routing, per_sample, per_token, routed
 from peftlab.core.sites import ModelAdapter, Site, SiteRole
 from peftlab.core.targets import saved_module_paths
 from peftlab.core.view import AdapterView, SiteEntry
@@ -51,8 +53,66 @@ class AdaptedModel(nn.Module):
                        base_model.register_forward_hook(self._close_call, always_call=True))
 
     # --- calling ------------------------------------------------------------------------------------------------
-    def forward(self, *args: Any, **kwargs: Any) -> Any:
-        return self.base_model(*args, **kwargs)
+    def forward(self, *args: Any, adapter_names: Sequence[str] | None = None,
+                adapter_groups: torch.Tensor | None = None,
+                group_adapters: Mapping[int, str] | Sequence[str] | None = None, **kwargs: Any) -> Any:
+        """Call the base model through the active adapters; or, with `adapter_names` (one adapter name per sample,
+        "__base__" for none), each sample through its own adapter; or, with `adapter_groups` ((B, T) group ids)
+        and `group_adapters` (group id -> adapter name), each token through its group's adapter. Routed calls are
+        checked before anything runs (core/routing.py)."""
+        routing = self._routing(args, kwargs, adapter_names, adapter_groups, group_adapters)
+        with routed(routing):
+            return self.get_base_model()(*args, **kwargs)
+
+    def generate(self, *args: Any, adapter_names: Sequence[str] | None = None, **kwargs: Any) -> Any:
+        """The base model's generate(); with `adapter_names`, each sequence with its own adapter (greedy,
+        sampling and beam search alike: the expanded rows keep their sample's adapter)."""
+        generate = self.get_base_model().generate  # AttributeError for a model without generate(), as before
+        routing = self._routing(args, kwargs, adapter_names, None, None)
+        with routed(routing):
+            return generate(*args, **kwargs)
+
+    def _routing(self, args: tuple, kwargs: dict[str, Any], names: Sequence[str] | None, groups: torch.Tensor | None,
+                 group_adapters: Mapping[int, str] | Sequence[str] | None) -> Routing | None:
+        """The call's routing, checked against the model's adapters before any computation (None: not routed)."""
+        if names is None and groups is None:
+            if group_adapters is not None:
+                raise AdapterStateError("group_adapters names the adapter of each group in adapter_groups; pass "
+                                        "adapter_groups too")
+            return None
+        if names is not None and groups is not None:
+            raise AdapterStateError("pass adapter_names (one adapter per sample) or adapter_groups (one per token), "
+                                    "not both")
+        if self.merged_adapters:
+            raise AdapterStateError(f"adapters {self.merged_adapters} are merged into the base weights, so samples "
+                                    "cannot choose their adapter; call unmerge() first")
+        if not self._enabled:
+            raise AdapterStateError("adapters are disabled (disable_adapters()); route samples outside that block, "
+                                    'or use "__base__" for the base model')
+        tokens = batch_shape(args, kwargs)
+        if groups is not None:
+            if group_adapters is None:
+                raise AdapterStateError("adapter_groups needs group_adapters: the adapter of each group id")
+            routing = per_token(groups, group_adapters, self.adapters, tokens if len(tokens) == 2 else None)
+        else:
+            routing = per_sample(names, self.adapters, tokens[0] if tokens else None)
+        for name in routing.names:
+            self._check_routable(name, per_token=groups is not None)
+        return routing
+
+    def _check_routable(self, name: str, per_token: bool) -> None:
+        view = self.adapter(name)
+        method = view.config.card.name
+        blocking = next((e for e in view.entries() if not e.site.routable), None)
+        if blocking is not None:
+            raise AdapterStateError(f"adapter {name!r} ({method}) cannot run beside other adapters in one batch: its "
+                                    f"{type(blocking.site).__name__} at {blocking.path!r} has no routed form. Run its "
+                                    "samples in a batch of their own (set_adapter)")
+        shared = view.model_adapter
+        if shared is not None and shared.in_calls and (per_token or not shared.routable):
+            kind = "token groups" if per_token else "per-sample adapters"
+            raise AdapterStateError(f"adapter {name!r} ({method}) acts on the model's inputs and cannot take part in "
+                                    f"{kind}; run its samples in a batch of their own (set_adapter)")
 
     def __getattr__(self, name: str) -> Any:
         try:
@@ -72,14 +132,18 @@ class AdaptedModel(nn.Module):
 
     def _open_call(self, module: nn.Module, args: tuple, kwargs: dict) -> tuple[tuple, dict] | None:
         """Forward pre-hook of the base model: open this call's context (when it needs one) and let the active
-        model-level adapters rewrite the inputs."""
-        names = self._live_model_adapters()
+        model-level adapters (or, routed, those of the routed adapters) rewrite the inputs."""
         routing = pending().get("routing")
+        names = self._live_model_adapters() if routing is None else ()
         observed = tuple(self.objectives.values()) if self._enabled and torch.is_grad_enabled() else ()
-        call = CallContext(routing) if names or routing is not None or observed else None
+        call = CallContext() if names or routing is not None or observed else None
         enter_call(call)  # every call pushes one entry (None: no context), and _close_call pops it
         if call is None:
             return None
+        if routing is not None:
+            tokens = batch_shape(args, kwargs)
+            call.routing = (routing.for_batch(tokens[0]) if tokens and not routing.per_token else routing)
+            args, kwargs = self._route_prepare(call, args, kwargs)
         for name in names:
             args, kwargs = self.model_adapters[name].prepare(args, kwargs, call)
             call.prepared += (name,)
@@ -97,10 +161,23 @@ class AdaptedModel(nn.Module):
             return None
         for name in reversed(call.prepared):
             output = self.model_adapters[name].finish(output, call)
+        for kind, adapters in reversed(call.routed_prepared):
+            output = kind.route_finish(adapters, output, call)
         for objective in call.observed:
             objective.end(call, output)
         keep_losses(self, call.losses)
         return output
+
+    def _route_prepare(self, call: CallContext, args: tuple, kwargs: dict) -> tuple[tuple, dict]:
+        """The routed adapters' model adapters rewrite the inputs, one route_prepare per class."""
+        shared = [self.model_adapters[n] if n in self.model_adapters else None  # noqa: SIM401  (ModuleDict)
+                  for n in call.routing.names]
+        shared = [a if a is not None and a.in_calls else None for a in shared]
+        for kind in dict.fromkeys(type(a) for a in shared if a is not None):
+            adapters = [a if type(a) is kind else None for a in shared]
+            args, kwargs = kind.route_prepare(adapters, call.routing, args, kwargs, call)
+            call.routed_prepared.append((kind, adapters))
+        return args, kwargs
 
     # --- adapters -----------------------------------------------------------------------------------------------
     @property

@@ -48,6 +48,19 @@ def bind_arguments(model: nn.Module, args: tuple, kwargs: dict[str, Any]) -> dic
     return bound
 
 
+def batch_shape(args: tuple, kwargs: dict[str, Any]) -> tuple[int, ...]:
+    """(batch,) or (batch, tokens) of a call: from input_ids or inputs_embeds, else the first tensor argument (its
+    first dimension); () when the call has no tensor."""
+    for name in ("input_ids", "inputs_embeds"):
+        value = kwargs.get(name)
+        if isinstance(value, torch.Tensor):
+            return tuple(value.shape[:2])
+    first = next((v for v in (*args, *kwargs.values()) if isinstance(v, torch.Tensor)), None)
+    if first is None:
+        return ()
+    return tuple(first.shape[:2]) if first.dim() >= 2 and not first.is_floating_point() else tuple(first.shape[:1])
+
+
 def batch_and_length(kwargs: dict[str, Any]) -> tuple[int, int]:
     """(batch size, number of new tokens) of a call, from input_ids or inputs_embeds."""
     tokens = kwargs.get("input_ids")

@@ -33,8 +33,11 @@ from peftlab.core.typology import AttachKind
 from peftlab.errors import ContractError
 
 if TYPE_CHECKING:
+    from collections.abc import Sequence
+
     from peftlab.core.context import CallContext
     from peftlab.core.layer import BaseCall
+    from peftlab.core.routing import Routing, StackCache
 
 
 class SiteRole(str, enum.Enum):
@@ -53,6 +56,7 @@ class Site(nn.Module, metaclass=abc.ABCMeta):
     # Traits the core reads. Override as class attributes.
     additive: ClassVar[bool] = False  # output = base(x) + f(x), f not reading base(x): merges in any order
     reads_base_weight: ClassVar[bool] = False  # the update depends on W itself (DoRA): fold it only over W alone
+    routable: ClassVar[bool] = False  # `route` runs several adapters of this class in one call, per sample or token
 
     @abc.abstractmethod
     def forward(self, x: Any, base: BaseCall) -> Any:
@@ -73,6 +77,14 @@ class Site(nn.Module, metaclass=abc.ABCMeta):
     def regularization_loss(self) -> torch.Tensor | None:
         """A loss term this site adds to the training objective (e.g. KaSA's), or None."""
         return None
+
+    @classmethod
+    def route(cls, sites: Sequence[Site | None], index: torch.Tensor, x: Any, base: BaseCall,
+              cache: StackCache) -> Any:
+        """The output when position p of the batch (a sample, index (B,); or a token, index (B, T)) uses
+        sites[index[p]] alone, and the base where index is -1 or names a None site (core/routing.py). One batched
+        computation for all of them, no loop over the adapters. Required when `routable` is True."""
+        raise NotImplementedError(f"{cls.__name__} cannot run several adapters in one call")
 
 
 class MergeableSite(Site):
@@ -155,6 +167,20 @@ class ModelAdapter(nn.Module, metaclass=abc.ABCMeta):
     def regularization_loss(self) -> torch.Tensor | None:
         return None
 
+    routable: ClassVar[bool] = False  # route_prepare / route_finish run several adapters' prepare / finish at once
+
+    @classmethod
+    def route_prepare(cls, adapters: Sequence[ModelAdapter | None], routing: Routing, args: tuple,
+                      kwargs: dict[str, Any], call: CallContext) -> tuple[tuple, dict[str, Any]]:
+        """`prepare` for a call whose samples use different adapters (adapters[i] for routing index i, None: the
+        base). Required when `routable` is True."""
+        raise NotImplementedError(f"{cls.__name__} cannot run several adapters in one call")
+
+    @classmethod
+    def route_finish(cls, adapters: Sequence[ModelAdapter | None], output: Any, call: CallContext) -> Any:
+        """`finish` for such a call (default: unchanged)."""
+        return output
+
 
 # The site base of each attach kind: a method's sites derive from it.
 KIND_BASES: dict[AttachKind, type[Site]] = {
@@ -164,8 +190,8 @@ KIND_BASES: dict[AttachKind, type[Site]] = {
     AttachKind.REPRESENTATION: RepresentationSite,
     AttachKind.SELECTION: SelectionSite,
 }
-TRAITS = ("additive", "reads_base_weight", "in_calls", "scaling", "trained_bias", "factors", "delta_weight", "merge",
-          "unmerge", "export_state", "expected_state", "import_state", "regularization_loss")
+TRAITS = ("additive", "reads_base_weight", "in_calls", "routable", "route", "scaling", "trained_bias", "factors",
+          "delta_weight", "merge", "unmerge", "export_state", "expected_state", "import_state", "regularization_loss")
 
 
 def check_site_class(site_cls: type, kind: AttachKind, mergeable: bool, method: str) -> None:
@@ -178,6 +204,8 @@ def check_site_class(site_cls: type, kind: AttachKind, mergeable: bool, method: 
     missing = sorted(getattr(site_cls, "__abstractmethods__", ()))
     if missing:
         raise ContractError(f"{where} does not implement {', '.join(missing)}, which the contract requires")
+    if site_cls.routable and site_cls.route.__func__ is Site.route.__func__:
+        raise ContractError(f"{where} says routable = True but does not implement route()")
     if mergeable and not issubclass(site_cls, MergeableSite):
         raise ContractError(f"{where}: the card says mergeable, so it must implement merge()/unmerge() "
                             "(derive from MergeableSite)")
@@ -195,6 +223,9 @@ def check_model_adapter_class(adapter_cls: type, method: str) -> None:
     if missing:
         raise ContractError(f"method {method!r}: model adapter {adapter_cls.__name__} does not implement "
                             f"{', '.join(missing)}")
+    if adapter_cls.routable and adapter_cls.route_prepare.__func__ is ModelAdapter.route_prepare.__func__:
+        raise ContractError(f"method {method!r}: model adapter {adapter_cls.__name__} says routable = True but does "
+                            "not implement route_prepare()")
 
 
 def _own_names(cls: type) -> list[str]:

@@ -15,6 +15,7 @@ from typing import TYPE_CHECKING
 
 from torch import nn
 
+from peftlab.core.attach import logical_path
 from peftlab.core.layer import AdaptedLayer
 from peftlab.errors import TargetError
 
@@ -63,16 +64,17 @@ def name_matches(name: str, spec: TargetSpec) -> bool:
 
 
 def candidate_modules(model: nn.Module) -> Iterator[tuple[str, nn.Module]]:
-    """Every named module a method may adapt: the model's own modules, seen through any peftlab wrapper."""
+    """Every named module a method may adapt: the model's own modules under their own paths, seen through any
+    peftlab wrapper (a wrapper's adapters are not candidates; the modules inside its base module are)."""
     skip: list[str] = []
     for name, module in model.named_modules():
         if not name or any(name.startswith(prefix) for prefix in skip):
             continue
         if isinstance(module, AdaptedLayer):
-            skip.append(name + ".")
-            yield name, module.base_layer
-        else:
-            yield name, module
+            skip.append(name + ".adapters.")
+            yield logical_path(name), module.base_layer
+        elif not name.endswith(".base_layer"):
+            yield logical_path(name), module
 
 
 def is_head(model: nn.Module, name: str, module: nn.Module) -> bool:
@@ -108,11 +110,10 @@ def saved_module_paths(model: nn.Module, config: MethodConfig) -> list[str]:
     """The paths of the modules `config` trains in full (modules_to_save), outermost only; TargetError for an
     entry the user named that matches nothing."""
     wanted = modules_to_save_for(model, config)
-    names = {n for n, _ in model.named_modules() if n}
+    names = {n for n, _ in candidate_modules(model)}
     paths: list[str] = []
     for key in wanted:
-        hits = [n for n in names if (n == key or n.endswith("." + key)) and ".base_layer" not in n
-                and ".adapters." not in n]
+        hits = [n for n in names if n == key or n.endswith("." + key)]
         if not hits and config.modules_to_save is not None:
             raise TargetError(f"modules_to_save entry {key!r} matches no module of the model")
         paths += [h for h in hits if not any(h.startswith(p + ".") for p in hits)]

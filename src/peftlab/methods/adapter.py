@@ -24,6 +24,7 @@ from typing import Any, ClassVar
 import torch
 from torch import nn
 
+from peftlab.core import routing
 from peftlab.core.config import MethodConfig, TargetSpec, check, check_range, normalise_targets
 from peftlab.core.context import CallContext
 from peftlab.core.layer import BaseCall
@@ -156,6 +157,13 @@ class InputSlot(ModelAdapter):
     """Where a parallel adapter's taps leave the sublayer input for its bottlenecks, in each call's context.
     Model-level only to be shared by the adapter's sites: it holds no tensors to train or save."""
 
+    routable = True
+
+    @classmethod
+    def route_prepare(cls, adapters: list[InputSlot | None], routing: Any, args: tuple, kwargs: dict[str, Any],
+                      call: CallContext) -> tuple[tuple, dict[str, Any]]:
+        return args, kwargs  # nothing to rewrite: the slots only hold per-call values
+
     def put(self, call: CallContext | None, x: torch.Tensor) -> None:
         _require_call(call).scratch(self)["value"] = x
 
@@ -185,12 +193,25 @@ class InputTap(InsertedSite):
         self._slot[0].put(base.call, x)
         return base(x)
 
+    routable = True
+
+    @classmethod
+    def route(cls, sites: list[InputTap | None], index: torch.Tensor, x: Any, base: BaseCall,
+              cache: routing.StackCache) -> Any:
+        """Every routed parallel adapter here reads the same sublayer input: leave it in each one's slot."""
+        for site in sites:
+            if site is not None:
+                site._slot[0].put(base.call, x)
+        return base(x)
+
 
 class Bottleneck(InsertedSite):
     """down (d → m), activation, up (m → d, zero at start); Linear layers, or 1×1 convolutions at conv sites.
 
     Sequential (no slot): h = base(x); h + s·g(h). Parallel: base(x) + s·g(x_in), x_in the sublayer input.
     """
+
+    routable = True
 
     def __init__(self, module: nn.Module, path: str, d: int, m: int, scale: float, activation: str,
                  slot: InputSlot | None) -> None:
@@ -208,6 +229,7 @@ class Bottleneck(InsertedSite):
         nn.init.zeros_(self.adapter_up.bias)
         self.scale = scale
         self._slot = [slot] if slot is not None else []
+        self.routable = self.channel_dim == -1  # routed as stacked Linear layers; convolution sites are not
 
     def forward(self, x: torch.Tensor, base: BaseCall) -> torch.Tensor:
         h = base(x)
@@ -218,6 +240,41 @@ class Bottleneck(InsertedSite):
                                     "the module whose input is this sublayer's input (same shape as its output)")
         weight = self.adapter_down.weight
         update = self.adapter_up(self.act(self.adapter_down(source.to(weight.dtype)))) * self.scale
+        return h + update.to(h.dtype)
+
+    @classmethod
+    def route(cls, sites: list[Bottleneck | None], index: torch.Tensor, x: torch.Tensor, base: BaseCall,
+              cache: routing.StackCache) -> torch.Tensor:
+        """Each sample's (or token's) own s · up(act(down(h))), from stacked down / up layers (zero-padded to the
+        largest bottleneck; act(0) = 0 for every activation offered, so padding and absent adapters add nothing)."""
+        live = [s for s in sites if s is not None]
+        if len({type(s.act) for s in live}) > 1:
+            raise AdapterStateError("bottleneck adapters with different activations cannot run in one routed batch; "
+                                    "run them in batches of their own")
+        h = base(x)
+        sources = [s._slot[0].take(base.call, s.path) for s in live if s._slot]  # parallel: the sublayer input
+        source = h
+        if sources:  # parallel adapters read the sublayer input, sequential ones the output
+            parallel = torch.tensor([s is not None and bool(s._slot) for s in sites] + [False], device=h.device)
+            source = torch.where(routing.pick(parallel, index, h), sources[0], h)
+        down_w, down_b, up_w, up_b = cache.get(sites, lambda: (
+            routing.stack([s.adapter_down.weight if s is not None else None for s in sites]),  # (m, d)
+            routing.stack([s.adapter_down.bias if s is not None else None for s in sites]),  # (m,)
+            routing.stack([s.adapter_up.weight * s.scale if s is not None else None for s in sites]),  # (d, m)
+            routing.stack([s.adapter_up.bias * s.scale if s is not None else None for s in sites])))  # (d,)
+        z = source.to(down_w.dtype)
+        if index.dim() == 2:
+            routing.check_token_shape(z, index)
+            n, m = len(sites), down_w.shape[1]
+            low = z.reshape(-1, z.shape[-1]) @ down_w[:n].reshape(n * m, -1).T + down_b[:n].reshape(-1)  # (N, n·m)
+            low = live[0].act(low).view(-1, n, m) * routing.token_mask(index, n).unsqueeze(-1)  # (N, n, m)
+            up_all = up_w[:n].permute(1, 0, 2).reshape(up_w.shape[1], n * m)  # (n, d, m) -> (d, n·m)
+            update = (low.reshape(-1, n * m) @ up_all.T).view_as(z)
+        else:
+            z3 = z.reshape(z.shape[0], -1, z.shape[-1])  # (B, L, d)
+            low = live[0].act(torch.bmm(z3, down_w[index].transpose(1, 2)) + down_b[index].unsqueeze(1))  # (B, L, m)
+            update = torch.bmm(low, up_w[index].transpose(1, 2)).view_as(z)  # (B, L, d)
+        update = update + routing.pick(up_b, index, update)
         return h + update.to(h.dtype)
 
 

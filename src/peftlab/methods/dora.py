@@ -19,13 +19,15 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from peftlab.core import routing
 from peftlab.core.bias_site import has_bias
 from peftlab.core.layer import BaseCall
 from peftlab.core.targets import stores_weight_transposed
 from peftlab.core.typology import AttachKind, MethodCard
+from peftlab.errors import AdapterStateError
 from peftlab.kernels.dora_linear import DoRALinearFunction
 from peftlab.kernels.dropout_mask import DropoutMask
-from peftlab.methods.lora import LoRA, LoRAConvUpdate, LoraFormat, LoRALinearUpdate
+from peftlab.methods.lora import LoRA, LoRAConvUpdate, LoraFormat, LoRALinearUpdate, stacked_factors
 
 
 @dataclasses.dataclass(frozen=True, kw_only=True)
@@ -95,6 +97,34 @@ class DoRALinear(LoRALinearUpdate):
         update = (scale - 1) * plain + scale * lora
         if self.bias_delta is not None:
             update = update + self.bias_delta
+        return result + update.to(result.dtype)
+
+    routable = True
+
+    @classmethod
+    def route(cls, sites: list[DoRALinear | None], index: torch.Tensor, x: torch.Tensor, base: BaseCall,
+              cache: routing.StackCache) -> torch.Tensor:
+        """y = base(x) + (s_i − 1) ⊙ W x + s_i ⊙ c B_i A_i x with each sample's (or token's) own s_i = m_i / ‖W +
+        c B_i A_i‖ (1 for the others); all adapters' norms in one batched computation (`stacked_scales`)."""
+        live = [s for s in sites if s is not None]
+        if any(s.training and isinstance(s.dropout, nn.Dropout) for s in live):
+            raise AdapterStateError("DoRA adapters with dropout cannot be trained in one routed batch (the dropped "
+                                    "input changes W x); train them with dropout 0, or in batches of their own")
+        result = base(x)
+        module = base.module
+        weight = module.weight.T if live[0].transposed else module.weight  # (d_out, d_in)
+        def build() -> tuple[torch.Tensor, ...]:
+            a, b, bias = stacked_factors(sites)
+            return a, b, bias, stacked_scales(sites, weight.to(a.dtype), a, b)
+
+        a, b, bias, scales = cache.get(sites, build, extra=[module.weight])
+        scale = routing.pick(scales, index, result)  # broadcasts against (B, ..., d_out)
+        plain = result.to(a.dtype)
+        if getattr(module, "bias", None) is not None:
+            plain = plain - module.bias.to(a.dtype)
+        update = (scale - 1) * plain + scale * routing.low_rank(x.to(a.dtype), a, b, index)
+        if bias is not None:
+            update = update + routing.pick(bias, index, update)
         return result + update.to(result.dtype)
 
     def merge_factor(self, weight: torch.Tensor) -> torch.Tensor:
@@ -169,3 +199,21 @@ class DoRAConv(LoRAConvUpdate):
 
 DoRA.site_types = (DoRALinear, DoRAConv)
 DoRA.file_format = LoraFormat(DoRA, variant="use_dora")
+
+
+def stacked_scales(sites: list[DoRALinear | None], weight: torch.Tensor, a: torch.Tensor, b: torch.Tensor
+                   ) -> torch.Tensor:
+    """(n + 1, d_out): m_i / ‖W + c B_i A_i‖ per output row for every adapter at once (ones in the last slot and
+    for absent adapters), without forming any W + c B_i A_i:
+        ‖W + B A‖²_row = ‖W‖²_row + 2 Σ_k B_jk (W Aᵀ)_jk + B_j (A Aᵀ) B_jᵀ      (B holds the scaling c)
+    The norm is detached, as in DoRA's forward."""
+    n = len(sites)
+    a, b = a[:n].detach(), b[:n].detach()  # (n, r, d_in), (n, d_out, r)
+    w_a = torch.einsum("oi,nri->nor", weight, a)  # (n, d_out, r): W Aᵀ per adapter
+    gram = a @ a.transpose(1, 2)  # (n, r, r): A Aᵀ
+    squared = weight.pow(2).sum(1) + 2 * (b * w_a).sum(-1) + torch.einsum("nor,nrs,nos->no", b, gram, b)
+    norms = squared.clamp(min=0).sqrt()  # (n, d_out)
+    magnitudes = routing.stack([s.lora_magnitude_vector if s is not None else None for s in sites], 1.0)
+    present = torch.tensor([s is not None for s in sites] + [False], device=norms.device).unsqueeze(-1)
+    norms = torch.cat([norms, norms.new_ones(1, norms.shape[1])])  # (n + 1, d_out)
+    return torch.where(present, magnitudes / norms, torch.ones_like(magnitudes))

@@ -20,6 +20,7 @@ from typing import Any, ClassVar
 import torch
 from torch import nn
 
+from peftlab.core import routing
 from peftlab.core.config import MethodConfig, TargetSpec, check, normalise_targets
 from peftlab.core.layer import BaseCall
 from peftlab.core.sites import SiteRole, WeightDeltaSite
@@ -147,6 +148,26 @@ class IA3Site(WeightDeltaSite):
             return base(scaled.to(x.dtype))
         result = base(x)
         return (result.to(self.ia3_l.dtype) * self._scale_for(result)).to(result.dtype)
+
+    routable = True
+
+    @classmethod
+    def route(cls, sites: list[IA3Site | None], index: torch.Tensor, x: torch.Tensor, base: BaseCall,
+              cache: routing.StackCache) -> torch.Tensor:
+        """Each sample's (or token's) own vector: the input scaled by the feed-forward sites' vectors, the output
+        by the others' (ones elsewhere)."""
+        inputs, outputs = cache.get(sites, lambda: (
+            routing.stack([s.ia3_l.flatten() if s is not None and s.feedforward else None for s in sites], 1.0)
+            if any(s is not None and s.feedforward for s in sites) else None,
+            routing.stack([s.ia3_l.flatten() if s is not None and not s.feedforward else None for s in sites], 1.0)
+            if any(s is not None and not s.feedforward for s in sites) else None))
+        dim = next(s for s in sites if s is not None).channel_dim
+        if inputs is not None:
+            x = (x.to(inputs.dtype) * routing.pick(inputs, index, x, dim)).to(x.dtype)
+        result = base(x)
+        if outputs is None:
+            return result
+        return (result.to(outputs.dtype) * routing.pick(outputs, index, result, dim)).to(result.dtype)
 
     def _weight_scale(self, weight: torch.Tensor) -> torch.Tensor:
         shape = [1] * weight.dim()

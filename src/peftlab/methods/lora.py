@@ -21,6 +21,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from peftlab.core import routing
 from peftlab.core.bias_site import has_bias
 from peftlab.core.config import MethodConfig, check, check_range
 from peftlab.core.functional import with_weights
@@ -29,7 +30,7 @@ from peftlab.core.sites import LowRankSite, SiteRole, WeightDeltaSite
 from peftlab.core.targets import LAYER_CONTAINERS, candidate_modules, is_head, linear_types, stores_weight_transposed
 from peftlab.core.typology import AttachKind, MethodCard
 from peftlab.core.view import AdapterView
-from peftlab.errors import AdapterLoadError, ConfigError
+from peftlab.errors import AdapterLoadError, AdapterStateError, ConfigError
 from peftlab.io.formats import FileFormat
 from peftlab.kernels.lora_linear import lora_linear
 
@@ -231,6 +232,41 @@ class LoRALinearUpdate(LoRAUpdate):
 class LoRALinear(LoRALinearUpdate, LowRankSite):
     """LoRA at a Linear (or transposed Conv1D) layer."""
 
+    routable = True
+
+    @classmethod
+    def route(cls, sites: list[LoRALinear | None], index: torch.Tensor, x: torch.Tensor, base: BaseCall,
+              cache: routing.StackCache) -> torch.Tensor:
+        """Each sample's (or token's) own B A x, from the stacked factors (core/routing.py)."""
+        result = base(x)
+        a, b, bias = cache.get(sites, lambda: stacked_factors(sites))
+        update = routing.low_rank(routed_dropout(sites, x.to(a.dtype)), a, b, index)
+        if bias is not None:
+            update = update + routing.pick(bias, index, update)
+        return result + update.to(result.dtype)
+
+
+def stacked_factors(sites: list[LoRALinearUpdate | None]) -> tuple[torch.Tensor, torch.Tensor,
+                                                                   torch.Tensor | None]:
+    """(A (n + 1, r, d_in), s·B (n + 1, d_out, r), Δb (n + 1, d_out) or None), zero-padded to the largest rank."""
+    a = routing.stack([s.lora_A.weight if s is not None else None for s in sites])
+    b = routing.stack([s.lora_B.weight * s.scaling if s is not None else None for s in sites])
+    biases = [s.bias_delta if s is not None else None for s in sites]
+    bias = routing.stack(biases) if any(v is not None for v in biases) else None
+    return a, b, bias
+
+
+def routed_dropout(sites: list[nn.Module | None], x: torch.Tensor) -> torch.Tensor:
+    """The adapters' input dropout for a routed call: one mask for the batch, so the adapters must share a rate."""
+    rates = {s.dropout.p if isinstance(s.dropout, nn.Dropout) else 0.0 for s in sites if s is not None}
+    training = any(s.training for s in sites if s is not None)
+    if not training or rates == {0.0}:
+        return x
+    if len(rates) > 1:
+        raise AdapterStateError(f"adapters with dropout rates {sorted(rates)} cannot be trained in one routed batch; "
+                                "give them one rate, or train them in batches of their own")
+    return F.dropout(x, rates.pop(), training=True)
+
 
 class LoRAConvUpdate(LoRAUpdate):
     """The low-rank update at a Conv1d/Conv2d: A is a conv (d_in -> r) with the base kernel, stride and padding; B a
@@ -304,6 +340,29 @@ class LoRAEmbedding(LoRAUpdate, LowRankSite):
         rows = F.embedding(x, self.lora_embedding_A.T, emb.padding_idx, emb.max_norm, emb.norm_type,
                            emb.scale_grad_by_freq, emb.sparse)  # (..., r)
         return result + ((rows @ self.lora_embedding_B.T) * self.scaling).to(result.dtype)
+
+    routable = True
+
+    @classmethod
+    def route(cls, sites: list[LoRAEmbedding | None], index: torch.Tensor, x: torch.Tensor, base: BaseCall,
+              cache: routing.StackCache) -> torch.Tensor:
+        """Each sample's (or token's) own rows of Aᵀ, then its B: the (n + 1, V, r) stack is gathered at the
+        tokens, never expanded per sample."""
+        result = base(x)
+        a, b = cache.get(sites, lambda: (
+            routing.stack([s.lora_embedding_A.T if s is not None else None for s in sites]),  # (V, r) each
+            routing.stack([s.lora_embedding_B * s.scaling if s is not None else None for s in sites])))  # (D, r)
+        tokens = index if index.dim() == 2 else index.view(-1, *([1] * (x.dim() - 1))).expand_as(x)
+        rows = a[tokens, x]  # (B, T, r): token t of sample i takes row x[i, t] of its adapter's Aᵀ
+        if index.dim() == 2:
+            n = len(sites)
+            spread = rows.reshape(-1, 1, rows.shape[-1]) * routing.token_mask(index, n).unsqueeze(-1)  # (N, n, r)
+            b_all = b[:n].permute(1, 0, 2).reshape(b.shape[1], -1)  # (n, D, r) -> (D, n·r)
+            update = (spread.reshape(rows.shape[0] * rows.shape[1], -1) @ b_all.T).view(*x.shape, -1)
+        else:
+            update = torch.bmm(rows.reshape(x.shape[0], -1, rows.shape[-1]), b[index].transpose(1, 2))
+            update = update.view(*x.shape, -1)  # (B, T, D)
+        return result + update.to(result.dtype)
 
     def factors(self) -> tuple[nn.Parameter, nn.Parameter]:
         """(A (r, V), B (D, r)): ΔWᵀ = scaling · B A."""

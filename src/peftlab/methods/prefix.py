@@ -15,7 +15,7 @@ file keeps training the prefixes directly. Files: Hugging Face PEFT's PREFIX_TUN
 from __future__ import annotations
 
 import dataclasses
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from typing import Any, ClassVar
 
 import torch
@@ -32,6 +32,7 @@ from peftlab.core.model_inputs import (
     find_cache,
     text_config,
 )
+from peftlab.core.routing import Routing
 from peftlab.core.sites import ModelAdapter
 from peftlab.core.typology import AttachKind, MethodCard
 from peftlab.core.view import AdapterView
@@ -42,7 +43,7 @@ from peftlab.methods.prompt import (
     hf_prompt_learning_fields,
     input_embeddings,
     prompt_learning_fields_from_file,
-    shift_for_cached_virtual,
+    shift_cached_prompts,
 )
 
 
@@ -88,6 +89,16 @@ class PrefixTuning(MethodConfig):
         return adapter.to(device=embedding.weight.device)
 
 
+def hide_cache(output: Any, call: CallContext) -> Any:
+    """With use_cache=False the caller gets no cache back, though the prefixes travelled in one: otherwise
+    generate(use_cache=False) would pass it on, and the next call would read as a continuation."""
+    if call.scratch(PrefixAdapter).get("hide_cache") and isinstance(output, Mapping):
+        for name in CACHE_ARGUMENTS:
+            if output.get(name) is not None:
+                output[name] = None
+    return output
+
+
 def kv_geometry(model: nn.Module) -> tuple[int, int, int]:
     """(layers, key/value heads, head size) of a transformers model; grouped-query attention has fewer kv heads."""
     config = text_config(model)
@@ -124,16 +135,33 @@ class PrefixAdapter(ModelAdapter):
 
     def prepare(self, args: tuple, kwargs: dict[str, Any], call: CallContext) -> tuple[tuple, dict[str, Any]]:
         kw = bind_arguments(self._model, args, kwargs)
+        batch, _ = batch_and_length(kw)
+        lengths = torch.full((batch,), self.n, dtype=torch.long)
+        return (), self._with_prefixes(kw, lambda: self.kv().unsqueeze(0).expand(batch, -1, -1, -1, -1), lengths, call)
+
+    def finish(self, output: Any, call: CallContext) -> Any:
+        return hide_cache(output, call)
+
+    def kv(self) -> torch.Tensor:
+        """The prefixes as keys and values per layer, (2L, H, n, D), in the model's dtype."""
+        dtype = getattr(self._model, "dtype", None) or self.prefixes().dtype
+        kv = self.prefixes().to(dtype).view(self.n, self.layers * 2, self.kv_heads, self.head_dim)  # (n, 2L, H, D)
+        return kv.permute(1, 2, 0, 3)  # (n, 2L, H, D) -> (2L, H, n, D)
+
+    def _with_prefixes(self, kw: dict[str, Any], rows: Callable[[], torch.Tensor], lengths: torch.Tensor,
+                       call: CallContext) -> dict[str, Any]:
+        """The call's arguments with per-sample prefixes (`rows()`: (B, 2L, H, n_max, D), sample i's first
+        `lengths[i]` positions real) written into its cache when it starts a sequence; masks and positions as for
+        per-sample prompts (methods/prompt.py, prepend_prompts)."""
+        model = self._model
         if not continues_cache(kw, call):  # a new sequence: put the prefixes into the cache
-            model = self._model
             if model.training and any(getattr(m, "gradient_checkpointing", False) is True for m in model.modules()):
                 raise AdapterStateError("prefix tuning passes the prefixes through the cache, which transformers "
                                         "drops under gradient (activation) checkpointing; turn it off, e.g. "
                                         "model.activation_checkpointing_disable()")
-            batch, _ = batch_and_length(kw)
             cache = find_cache(kw)
             # the caller asked for no cache: finish() hands back none
-            call.scratch(self)["hide_cache"] = cache is None and kw.get("use_cache") is False
+            call.scratch(PrefixAdapter)["hide_cache"] = cache is None and kw.get("use_cache") is False
             if cache is None:
                 from transformers import DynamicCache
 
@@ -141,28 +169,41 @@ class PrefixAdapter(ModelAdapter):
                 for name in CACHE_ARGUMENTS:  # an explicit None under either name goes: one name is passed
                     kw.pop(name, None)
                 kw[cache_argument(type(model))] = cache
-            self._write(cache, batch)
-            call.note_virtual_tokens(cache, self.n)
-        return (), shift_for_cached_virtual(kw, self.n)
+            kv = rows()  # (B, 2L, H, n_max, D)
+            for layer in range(self.layers):
+                cache.update(kv[:, 2 * layer], kv[:, 2 * layer + 1], layer)  # keys, values: (B, H, n_max, D)
+            call.note_virtual_tokens(cache, kv.shape[3])
+        n_max = int(lengths.max()) if lengths.numel() else self.n
+        return shift_cached_prompts(kw, lengths, n_max, bool((lengths == n_max).all()), model, right_aligned=False)
 
-    def finish(self, output: Any, call: CallContext) -> Any:
-        """With use_cache=False the caller gets no cache back, though the prefixes travelled in one: otherwise
-        generate(use_cache=False) would pass it on, and the next call would read as a continuation."""
-        if call.scratch(self).get("hide_cache") and isinstance(output, Mapping):
-            for name in CACHE_ARGUMENTS:
-                if output.get(name) is not None:
-                    output[name] = None
-        return output
+    routable = True
 
-    def _write(self, cache: Any, batch: int) -> None:
-        dtype = getattr(self._model, "dtype", None) or self.prefixes().dtype
-        flat = self.prefixes().to(dtype)
-        kv = flat.view(self.n, self.layers * 2, self.kv_heads, self.head_dim)  # (n, L·2·d_kv) -> (n, 2L, H, D)
-        kv = kv.permute(1, 2, 0, 3)  # (n, 2L, H, D) -> (2L, H, n, D)
-        for layer in range(self.layers):
-            key = kv[2 * layer].unsqueeze(0).expand(batch, -1, -1, -1)  # (H, n, D) -> (B, H, n, D)
-            value = kv[2 * layer + 1].unsqueeze(0).expand(batch, -1, -1, -1)  # (H, n, D) -> (B, H, n, D)
-            cache.update(key, value, layer)
+    @classmethod
+    def route_prepare(cls, adapters: list[PrefixAdapter | None], routing: Routing, args: tuple,
+                      kwargs: dict[str, Any], call: CallContext) -> tuple[tuple, dict[str, Any]]:
+        """Each sample's own prefixes (none for the base), in front of masked key/value slots."""
+        live = [a for a in adapters if a is not None]
+        first = live[0]
+        if any((a.layers, a.kv_heads, a.head_dim) != (first.layers, first.kv_heads, first.head_dim) for a in live):
+            raise AdapterStateError("the routed prefix adapters were made for models of different shapes")
+        kw = bind_arguments(first._model, args, kwargs)
+        index = routing.index
+        lengths = torch.tensor([a.n if a is not None else 0 for a in adapters] + [0])[index.cpu()]
+
+        def rows() -> torch.Tensor:
+            per_adapter = [a.kv() if a is not None else None for a in adapters]  # (2L, H, n_i, D) each
+            n_max = max(kv.shape[2] for kv in per_adapter if kv is not None)
+            stacked = first.kv().new_zeros(len(adapters) + 1, 2 * first.layers, first.kv_heads, n_max, first.head_dim)
+            for i, kv in enumerate(per_adapter):
+                if kv is not None:
+                    stacked[i, :, :, : kv.shape[2]] = kv  # the first n_i slots
+            return stacked[index.to(stacked.device)]  # (B, 2L, H, n_max, D)
+
+        return (), first._with_prefixes(kw, rows, lengths, call)
+
+    @classmethod
+    def route_finish(cls, adapters: list[PrefixAdapter | None], output: Any, call: CallContext) -> Any:
+        return hide_cache(output, call)
 
     def export_state(self, base_model: nn.Module) -> dict[str, torch.Tensor]:
         return {"prompt_embeddings": self.prefixes().detach()}

@@ -15,7 +15,10 @@ those of `init_text`'s tokens (repeated or cut to n). Files: Hugging Face PEFT's
 from __future__ import annotations
 
 import dataclasses
+import functools
+import inspect
 import os
+import weakref
 from collections.abc import Mapping
 from typing import Any, ClassVar
 
@@ -29,14 +32,16 @@ from peftlab.core.model_inputs import (
     batch_and_length,
     bind_arguments,
     continues_cache,
+    find_cache,
     hf_task_type,
     prepend_ones,
     text_config,
 )
+from peftlab.core.routing import Routing
 from peftlab.core.sites import ModelAdapter, SiteRole
 from peftlab.core.typology import AttachKind, MethodCard
 from peftlab.core.view import AdapterView
-from peftlab.errors import AdapterLoadError, ConfigError, TargetError
+from peftlab.errors import AdapterLoadError, AdapterStateError, ConfigError, TargetError
 from peftlab.io.formats import FileFormat
 
 INITS = ("random", "vocab", "text")
@@ -121,31 +126,190 @@ class PromptAdapter(ModelAdapter):
 
     def prepare(self, args: tuple, kwargs: dict[str, Any], call: CallContext) -> tuple[tuple, dict[str, Any]]:
         kw = bind_arguments(self._model, args, kwargs)
-        n = self.prompt_embeddings.shape[0]
-        if continues_cache(kw, call):  # the cache holds the prompt already
-            return (), shift_for_cached_virtual(kw, n)
-        batch, length = batch_and_length(kw)
-        embeds, ids = kw.pop("inputs_embeds", None), kw.pop("input_ids", None)
-        if embeds is None:
-            embeds = self._model.get_input_embeddings()(ids)  # (B, T, d)
-        prompt = self.prompt_embeddings.to(embeds.dtype).unsqueeze(0).expand(batch, -1, -1)  # (n, d) -> (B, n, d)
-        kw["inputs_embeds"] = torch.cat([prompt, embeds], dim=1)  # (B, n + T, d)
-        kw["attention_mask"] = prepend_ones(kw.get("attention_mask"), n)
-        if (types := kw.get("token_type_ids")) is not None:
-            kw["token_type_ids"] = torch.cat([types.new_zeros(batch, n), types], dim=1)  # (B, T) -> (B, n + T)
-        if (positions := kw.get("position_ids")) is not None:
-            virtual = torch.arange(n, device=positions.device, dtype=positions.dtype)
-            virtual = virtual.expand(*positions.shape[:-1], n)  # (n,) -> (..., n)
-            kw["position_ids"] = torch.cat([virtual, positions + n], dim=-1)  # (..., T) -> (..., n + T)
-        labels = kw.get("labels")
-        if labels is not None and labels.dim() >= 2 and tuple(labels.shape[:2]) == (batch, length):
-            kw["labels"] = torch.cat([labels.new_full((batch, n, *labels.shape[2:]), -100), labels], dim=1)
-        call.scratch(self)["real"] = length  # the call's own tokens: finish keeps only those positions
-        return (), kw
+        batch, _ = batch_and_length(kw)
+        prompt = self.prompt_embeddings.unsqueeze(0).expand(batch, -1, -1)  # (n, d) -> (B, n, d)
+        lengths = torch.full((batch,), prompt.shape[1], dtype=torch.long)
+        return (), prepend_prompts(self._model, kw, prompt, lengths, call, PromptAdapter)
 
     def finish(self, output: Any, call: CallContext) -> Any:
-        real = call.scratch(self).get("real", 0)
-        return keep_last_positions(output, real) if real else output
+        return keep_call_positions(output, call, PromptAdapter)
+
+    routable = True
+
+    @classmethod
+    def route_prepare(cls, adapters: list[PromptAdapter | None], routing: Routing, args: tuple,
+                      kwargs: dict[str, Any], call: CallContext) -> tuple[tuple, dict[str, Any]]:
+        """Each sample's own prompt (none for the base): prompts of different lengths are padded behind (masked),
+        and positions are given explicitly, so each sample sees what it would see alone."""
+        live = [a for a in adapters if a is not None]
+        kw = bind_arguments(live[0]._model, args, kwargs)
+        prompts = routing_stack_prompts([a.prompt_embeddings if a is not None else None for a in adapters])
+        index = routing.index.to(prompts.device)
+        lengths = torch.tensor([a.prompt_embeddings.shape[0] if a is not None else 0 for a in adapters] + [0],
+                               device=prompts.device)[index]
+        return (), prepend_prompts(live[0]._model, kw, prompts[index], lengths, call, PromptAdapter)
+
+    @classmethod
+    def route_finish(cls, adapters: list[PromptAdapter | None], output: Any, call: CallContext) -> Any:
+        return keep_call_positions(output, call, PromptAdapter)
+
+
+def routing_stack_prompts(prompts: list[torch.Tensor | None]) -> torch.Tensor:
+    """(n + 1, n_max, d): each prompt in front, zeros behind shorter ones, zeros for none and the base."""
+    present = [p for p in prompts if p is not None]
+    n_max, dim = max(p.shape[0] for p in present), present[0].shape[1]
+    out = present[0].new_zeros(len(prompts) + 1, n_max, dim)
+    for i, prompt in enumerate(prompts):
+        if prompt is not None:
+            out[i, : prompt.shape[0]] = prompt
+    return out
+
+
+def prepend_prompts(model: nn.Module, kw: dict[str, Any], prompts: torch.Tensor, lengths: torch.Tensor,
+                    call: CallContext, owner: object) -> dict[str, Any]:
+    """The call's arguments with per-sample prompts in front of the tokens: `prompts` (B, n_max, d), of which
+    sample i's first `lengths[i]` rows are real.
+
+    The mask gets ones over the prompt, token types zeros, labels -100; positions run 0..n_i − 1 over the prompt
+    and continue at n_i over the tokens. When the lengths differ, positions are given explicitly and each sample's
+    n_max − n_i padding slots (masked) go where they change nothing the model reads: in front of the prompt for a
+    model with causal attention (whose pooling and generation read the last position), after the tokens otherwise
+    (whose pooling reads the first). A call continuing a cache that holds the prompts gets the longer mask and
+    positions only."""
+    n_max = prompts.shape[1]
+    lengths = lengths.to(prompts.device)
+    uniform = bool((lengths == n_max).all())
+    causal = attends_causally(model)
+    if continues_cache(kw, call):  # the cache holds the prompts already
+        return shift_cached_prompts(kw, lengths, n_max, uniform, model, right_aligned=causal)
+    batch, length = batch_and_length(kw)
+    embeds, ids = kw.pop("inputs_embeds", None), kw.pop("input_ids", None)
+    if embeds is None:
+        embeds = model.get_input_embeddings()(ids)  # (B, T, d)
+    # Built as [prompt | padding | tokens] (B, n_max + T), then reordered per sample when the lengths differ.
+    kw["inputs_embeds"] = torch.cat([prompts.to(embeds.dtype), embeds], dim=1)  # (B, n_max + T, d)
+    kw["attention_mask"] = _prepend_prompt_mask(kw.get("attention_mask"), lengths, n_max, uniform, embeds)
+    if (types := kw.get("token_type_ids")) is not None:
+        kw["token_type_ids"] = torch.cat([types.new_zeros(batch, n_max), types], dim=1)  # (B, T) -> (B, n_max + T)
+    positions = kw.get("position_ids")
+    if positions is not None or not uniform:
+        if "position_ids" not in _forward_parameters(type(model)):
+            raise AdapterStateError(f"prompts of different lengths in one batch need explicit positions, which "
+                                    f"{type(model).__name__}.forward does not take; give the routed adapters one "
+                                    "length")
+        if positions is None:
+            positions = torch.arange(length, device=embeds.device)
+        if positions.dim() == 1 or (positions.dim() == 2 and positions.shape[0] != batch):
+            positions = positions.expand(batch, length)  # (T,) or (1, T) -> (B, T)
+        virtual = torch.arange(n_max, device=positions.device, dtype=positions.dtype)
+        virtual = virtual.expand(*positions.shape[:-1], n_max)  # (n_max,) -> (..., B, n_max); padding is masked
+        shift = lengths.view(-1, 1).to(positions.dtype)  # (B, 1): each sample's prompt length
+        kw["position_ids"] = torch.cat([virtual, positions + shift], dim=-1)  # (..., B, T) -> (..., B, n_max + T)
+    labels = kw.get("labels")
+    if labels is not None and labels.dim() >= 2 and tuple(labels.shape[:2]) == (batch, length):
+        kw["labels"] = torch.cat([labels.new_full((batch, n_max, *labels.shape[2:]), -100), labels], dim=1)
+    scratch = call.scratch(owner)
+    scratch["real"] = length  # the call's own tokens: finish keeps only those positions
+    if not uniform:
+        order = _padding_order(lengths, n_max, length, causal)  # (B, n_max + T)
+        for name in ("inputs_embeds", "attention_mask", "token_type_ids", "position_ids", "labels"):
+            if isinstance(kw.get(name), torch.Tensor) and kw[name].shape[-1 if name == "position_ids" else 1] == \
+                    n_max + length and (name != "labels" or kw[name].dim() >= 2):
+                kw[name] = _reorder(kw[name], order, dim=-1 if name == "position_ids" else 1)
+        if not causal:
+            scratch["offsets"] = lengths  # the tokens of sample i now start at n_i
+    return kw
+
+
+def _padding_order(lengths: torch.Tensor, n_max: int, length: int, causal: bool) -> torch.Tensor:
+    """(B, n_max + T): for each sample, the order of the [prompt | padding | tokens] slots that moves its padding
+    in front (causal) or behind the tokens (otherwise)."""
+    slots = torch.arange(n_max + length, device=lengths.device)
+    padding = (slots < n_max) & (slots >= lengths.view(-1, 1))  # (B, n_max + T)
+    key = torch.where(padding, torch.full_like(slots, -1 if causal else 1), torch.zeros_like(slots))
+    return torch.sort(key, dim=1, stable=True).indices  # stable: prompt and token slots keep their order
+
+
+def _reorder(values: torch.Tensor, order: torch.Tensor, dim: int) -> torch.Tensor:
+    """values with the slots along `dim` (its batch axis just before it, or first) taken in `order` (B, L)."""
+    if dim == -1 and values.dim() > 2:  # (..., B, L) positions: the same order for every leading section
+        return torch.stack([_reorder(v, order, -1) for v in values])
+    index = order.view(*order.shape, *([1] * (values.dim() - 2)))  # (B, L) -> (B, L, 1, ...)
+    return values.gather(1, index.expand_as(values))
+
+
+def attends_causally(model: nn.Module) -> bool:
+    """Whether a transformers model is decoder-only: its attention modules say `is_causal = True` (transformers
+    sets it on every attention module; encoders' say False)."""
+    found = _CAUSAL.get(model)
+    if found is None:
+        found = _CAUSAL[model] = any(getattr(m, "is_causal", False) is True for m in model.modules())
+    return found
+
+
+_CAUSAL: weakref.WeakKeyDictionary[nn.Module, bool] = weakref.WeakKeyDictionary()
+
+
+def virtual_mask(lengths: torch.Tensor, n_max: int, like: torch.Tensor, right_aligned: bool = False
+                 ) -> torch.Tensor:
+    """(B, n_max): ones over each sample's n_i virtual slots (the first n_i, or the last with right_aligned),
+    zeros over its padding."""
+    slots = torch.arange(n_max, device=like.device)
+    lengths = lengths.to(like.device).view(-1, 1)
+    real = slots >= n_max - lengths if right_aligned else slots < lengths
+    return real.to(like.dtype)
+
+
+def _prepend_prompt_mask(mask: torch.Tensor | None, lengths: torch.Tensor, n_max: int, uniform: bool,
+                         embeds: torch.Tensor) -> torch.Tensor | None:
+    """The attention mask with each sample's virtual slots in front: ones for its prompt, zeros for its padding."""
+    if uniform:
+        return prepend_ones(mask, n_max)
+    if mask is None:
+        mask = torch.ones(embeds.shape[:2], dtype=torch.long, device=embeds.device)
+    return torch.cat([virtual_mask(lengths, n_max, mask), mask], dim=1)  # (B, n_max + T)
+
+
+def shift_cached_prompts(kw: dict[str, Any], lengths: torch.Tensor, n_max: int, uniform: bool, model: nn.Module,
+                         right_aligned: bool) -> dict[str, Any]:
+    """A call whose cache holds n_max virtual positions (n_i of them real: the first, or the last when
+    right-aligned) ahead of its tokens: the mask gets them in front, positions move by n_i (explicit ones from the
+    cache length when the n_i differ)."""
+    if uniform:
+        return shift_for_cached_virtual(kw, n_max)
+    if "position_ids" not in _forward_parameters(type(model)):
+        raise AdapterStateError(f"virtual tokens of different lengths in one batch need explicit positions, which "
+                                f"{type(model).__name__}.forward does not take; give the routed adapters one length")
+    batch, length = batch_and_length(kw)
+    past = int(find_cache(kw).get_seq_length())  # n_max + the earlier tokens
+    mask = kw.get("attention_mask")
+    if mask is None:  # every token real (generate passes none then): the padding slots still need masking
+        mask = torch.ones(batch, past - n_max + length, dtype=torch.long, device=lengths.device)
+    kw["attention_mask"] = torch.cat([virtual_mask(lengths, n_max, mask, right_aligned), mask], dim=1)  # (B, n_max + L)
+    positions = kw.get("position_ids")
+    if positions is not None:
+        kw["position_ids"] = positions + lengths.to(positions.device).view(-1, 1)  # (B, 1) against (..., B, T)
+    else:
+        start = (past - n_max + lengths).view(-1, 1)  # (B, 1): sample i's tokens so far, its prompt included
+        kw["position_ids"] = start + torch.arange(length, device=start.device)  # (B, T)
+    return kw
+
+
+def keep_call_positions(output: Any, call: CallContext, owner: object) -> Any:
+    """The call's outputs at its own tokens' positions: the last ones, or from each sample's offset."""
+    scratch = call.scratch(owner)
+    real = scratch.get("real", 0)
+    if not real:
+        return output
+    offsets = scratch.get("offsets")
+    if offsets is None:
+        return keep_last_positions(output, real)
+    return keep_positions(output, offsets.view(-1, 1) + torch.arange(real, device=offsets.device))  # (B, T)
+
+
+@functools.cache
+def _forward_parameters(model_cls: type) -> frozenset[str]:
+    return frozenset(inspect.signature(model_cls.forward).parameters)
 
 
 # --- shared with prefix tuning -----------------------------------------------------------------------------------
@@ -200,6 +364,26 @@ def keep_last_positions(output: Any, real: int) -> Any:
             output[key] = cut(value)
     if output.get("hidden_states") is not None:
         output["hidden_states"] = tuple(cut(h) for h in output["hidden_states"])
+    return output
+
+
+def keep_positions(output: Any, positions: torch.Tensor) -> Any:
+    """Per-token outputs taken at `positions` (B, T) along dim 1 (each sample its own), as keep_last_positions."""
+
+    def take(value: torch.Tensor) -> torch.Tensor:
+        index = positions.view(*positions.shape, *([1] * (value.dim() - 2)))  # (B, T) -> (B, T, 1, ...)
+        return value.gather(1, index.expand(-1, -1, *value.shape[2:]))
+
+    if isinstance(output, torch.Tensor):
+        return take(output) if output.dim() >= 3 else output
+    if not isinstance(output, Mapping):
+        return output
+    for key in _PER_TOKEN_OUTPUTS:
+        value = output.get(key)
+        if value is not None and (value.dim() >= 3 or key in ("start_logits", "end_logits")):
+            output[key] = take(value)
+    if output.get("hidden_states") is not None:
+        output["hidden_states"] = tuple(take(h) for h in output["hidden_states"])
     return output
 
 

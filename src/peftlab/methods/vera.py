@@ -22,7 +22,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from peftlab.core import attach
+from peftlab.core import attach, routing
 from peftlab.core.config import MethodConfig, check, check_range
 from peftlab.core.layer import BaseCall
 from peftlab.core.sites import ModelAdapter, SiteRole, WeightDeltaSite
@@ -31,7 +31,7 @@ from peftlab.core.typology import AttachKind, MethodCard
 from peftlab.core.view import AdapterView
 from peftlab.errors import AdapterLoadError
 from peftlab.io.formats import FileFormat
-from peftlab.methods.lora import DEFAULT_LORA_TARGETS, linear_shape
+from peftlab.methods.lora import DEFAULT_LORA_TARGETS, linear_shape, routed_dropout
 
 
 @dataclasses.dataclass(frozen=True, kw_only=True)
@@ -134,6 +134,21 @@ class VeRALinear(WeightDeltaSite):
         a, b = self.projections()
         low = F.linear(self.dropout(x.to(a.dtype)), a) * self.vera_lambda_d  # (..., r)
         update = F.linear(low, b) * self.vera_lambda_b  # (..., d_out)
+        return result + update.to(result.dtype)
+
+    routable = True
+
+    @classmethod
+    def route(cls, sites: list[VeRALinear | None], index: torch.Tensor, x: torch.Tensor, base: BaseCall,
+              cache: routing.StackCache) -> torch.Tensor:
+        """Each sample's (or token's) own Λ_b B Λ_d A x: LoRA's routed product with A_i = Λ_d A, B_i = Λ_b B."""
+        result = base(x)
+        shared = [t for s in sites if s is not None for t in s.projections()]
+        a, b = cache.get(sites, lambda: (
+            routing.stack([s.vera_lambda_d[:, None] * s.projections()[0] if s is not None else None for s in sites]),
+            routing.stack([s.vera_lambda_b[:, None] * s.projections()[1] if s is not None else None for s in sites])),
+            extra=shared)
+        update = routing.low_rank(routed_dropout(sites, x.to(a.dtype)), a, b, index)
         return result + update.to(result.dtype)
 
     def delta_weight(self) -> torch.Tensor:
