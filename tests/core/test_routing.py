@@ -3,7 +3,6 @@ alone with its adapter, for every routable method; errors come before any comput
 
 from __future__ import annotations
 
-import copy
 from collections.abc import Callable
 from typing import Any
 

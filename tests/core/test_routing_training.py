@@ -13,7 +13,7 @@ import peftlab
 from tests.tiny_models import tiny_gpt2, tiny_llama
 
 pytest.importorskip("peft")
-from peft import LoraConfig, PeftModel, get_peft_model  # noqa: E402
+from peft import LoraConfig, PeftModel, get_peft_model
 
 
 def _nudged(model: torch.nn.Module, seed: int) -> None:
