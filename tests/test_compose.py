@@ -44,11 +44,11 @@ def both_libraries(tiny: TinyModel, configs: dict[str, Any], tmp_path: Path) -> 
     return hf.eval(), ours.eval()
 
 
-def combined_outputs(tiny: TinyModel, hf: Any, ours: peftlab.AdaptedModel, **options: Any) -> tuple[torch.Tensor,
-                                                                                                    torch.Tensor]:
-    hf.add_weighted_adapter(["one", "two"], WEIGHTS, "mix", **options)
+def combined_outputs(tiny: TinyModel, hf: Any, ours: peftlab.AdaptedModel, weights: list[float] = WEIGHTS,
+                     **options: Any) -> tuple[torch.Tensor, torch.Tensor]:
+    hf.add_weighted_adapter(["one", "two"], weights, "mix", **options)
     hf.set_adapter("mix")
-    ours.add_weighted_adapter(["one", "two"], WEIGHTS, "mix", **options)
+    ours.add_weighted_adapter(["one", "two"], weights, "mix", **options)
     ours.set_adapter("mix")
     with torch.no_grad():
         return tiny.run(hf), tiny.run(ours)
@@ -100,12 +100,63 @@ def test_lora_combination_matches_hf_on_other_layers(tiny: TinyModel, configs: d
     torch.testing.assert_close(got, expected, atol=ATOL, rtol=0)
 
 
-def test_ia3_linear_matches_hf(tmp_path: Path) -> None:
+def test_ia3_linear_matches_hf_when_the_weights_sum_to_one(tmp_path: Path) -> None:
+    """HF PEFT's IA3 rule is Σ w_i l_i; ours, 1 + Σ w_i (l_i − 1): the same when Σ w_i = 1."""
     configs = {name: IA3Config(target_modules=["key", "value", "output.dense"], feedforward_modules=["output.dense"],
                                init_ia3_weights=False) for name in ("one", "two")}
     hf, ours = both_libraries(BERT, configs, tmp_path)
-    expected, got = combined_outputs(BERT, hf, ours)
+    expected, got = combined_outputs(BERT, hf, ours, weights=[0.7, 0.3])
     torch.testing.assert_close(got, expected, atol=ATOL, rtol=0)
+
+
+def test_negation_follows_the_composition_paper_for_every_method_that_has_it() -> None:
+    """Zhang et al. 2023: negating IA3 maps l to 2 − l, LoRA flips B (ΔW -> −ΔW); BitFit, sparse, VeRA, bottleneck
+    adapters negate their effect parameter; the other parameters stay; the rule is θ = ν + Σ w_i (θ_i − ν)."""
+    torch.manual_seed(0)
+    cases = {"ia3": (peftlab.IA3(modules_to_save=[]), {"ia3_l": 1.0}),
+             "bitfit": (peftlab.BitFit(modules_to_save=[]), {"bias_delta": 0.0}),
+             "vera": (peftlab.VeRA(r=4, modules_to_save=[]), {"vera_lambda_b": 0.0}),
+             "adapter": (peftlab.Adapter(bottleneck=4, modules_to_save=[]),
+                         {"adapter_up.weight": 0.0, "adapter_up.bias": 0.0}),
+             "sparse": (peftlab.SparseFT(pruning=0.9, modules_to_save=[]), {"sparse_values": 0.0})}
+    for method, (config, effects) in cases.items():
+        model = peftlab.adapt(BERT.make(), config, "one")
+        model.add_adapter("two", config)
+        for name in ("one", "two"):
+            model.set_adapter(name)
+            with torch.no_grad():
+                for param in model.adapter(name).parameters():
+                    param.add_(torch.randn_like(param) * 0.1)
+        model.add_weighted_adapter("one", [-1.0], "negated")
+        model.add_weighted_adapter(["one", "two"], WEIGHTS, "mix")
+        for path, entry in model.adapter("negated").sites.items():
+            one, two = (dict(model.adapter(n).sites[path].site.named_parameters()) for n in ("one", "two"))
+            assert type(entry.site).effect_parameters == effects
+            for key, value in entry.site.named_parameters():
+                neutral = effects.get(key)
+                expected = 2 * neutral - one[key] if neutral is not None else one[key]
+                torch.testing.assert_close(value, expected, msg=lambda m, k=key, md=method: f"{md} {k}: {m}")
+                mixed = dict(model.adapter("mix").sites[path].site.named_parameters())[key]
+                if neutral is not None:
+                    expected = neutral + WEIGHTS[0] * (one[key] - neutral) + WEIGHTS[1] * (two[key] - neutral)
+                else:
+                    expected = (0.7 * one[key] + 0.4 * two[key]) / 1.1
+                torch.testing.assert_close(mixed, expected, msg=lambda m, k=key, md=method: f"{md} mix {k}: {m}")
+    lora = peftlab.adapt(BERT.make(), peftlab.LoRA(r=2, init="random", modules_to_save=[]), "one")
+    lora.add_weighted_adapter("one", [-1.0], "negated", combination_type="cat")
+    for path, entry in lora.adapter("negated").sites.items():
+        torch.testing.assert_close(entry.site.delta_weight(), -lora.adapter("one").sites[path].site.delta_weight())
+
+
+def test_negation_is_refused_where_the_paper_does_not_define_it() -> None:
+    for config in (peftlab.DoRA(r=2, modules_to_save=[]), peftlab.PromptTuning(num_virtual_tokens=2,
+                                                                                  modules_to_save=[]),
+                   peftlab.LoReFT(r=2, modules_to_save=[])):
+        model = peftlab.adapt(BERT.make(), config, "one")
+        with pytest.raises(peftlab.AdapterCombineError, match="negative weights negate an adapter, which is not "
+                                                               f"defined for {config.card.name}"):
+            model.add_weighted_adapter("one", [-1.0], "negated")
+        assert model.adapters == ["one"]
 
 
 def test_cat_is_the_exact_weighted_sum_of_updates(tmp_path: Path) -> None:
@@ -243,12 +294,12 @@ def test_methods_and_saved_heads_that_cannot_combine() -> None:
                                     peftlab.PromptTuning(num_virtual_tokens=3, modules_to_save=[])],
                          ids=["dora", "prompt"])
 def test_linear_averages_every_tensor_of_the_adapter(config: peftlab.MethodConfig) -> None:
-    """Site tensors (DoRA's A, B and magnitude) and model-level ones (prompt embeddings) alike."""
+    """Site tensors (DoRA's A, B, magnitude) and model-level ones (prompt embeddings) alike: Σ |w_i| θ_i / Σ |w_i|."""
     model = peftlab.adapt(BERT.make(), config, "one")
     torch.manual_seed(5)
     model.add_adapter("two", config)
-    model.add_weighted_adapter(["one", "two"], WEIGHTS, "mix")
+    model.add_weighted_adapter(["one", "two"], [0.6, 0.2], "mix")
     states = {name: adapter_tensors(model.adapter(name)) for name in ("one", "two", "mix")}
     assert states["mix"].keys() == states["one"].keys()
     for key, value in states["mix"].items():
-        torch.testing.assert_close(value, WEIGHTS[0] * states["one"][key] + WEIGHTS[1] * states["two"][key])
+        torch.testing.assert_close(value, 0.75 * states["one"][key] + 0.25 * states["two"][key])

@@ -37,6 +37,7 @@ from peftlab.methods import (
     SparseFT,
     VeRA,
 )
+from peftlab.serve import AdapterPool
 
 register_all(BUILTIN)
 
@@ -47,6 +48,7 @@ __all__ = [
     "Adapter",
     "AdapterCombineError",
     "AdapterLoadError",
+    "AdapterPool",
     "AdapterSaveError",
     "AdapterStateError",
     "AdapterView",

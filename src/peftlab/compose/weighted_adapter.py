@@ -4,9 +4,16 @@ Adapters whose sites are all low-rank (core.sites.LowRankSite: ΔW = s · B A ex
 their updates ΔW (compose/low_rank.py) into a new LoRA adapter: "cat" and "svd" exactly (svd up to its rank), the
 *_svd rules by pruning and sign election on each ΔW first, and Hugging Face PEFT's factor-wise rules ("linear",
 "ties", "dare_linear", "dare_ties", "magnitude_prune") on A and B. Trainable biases add linearly: Σ w_i Δb_i.
-Every other method combines by "linear" only: its parameters are averaged entry by entry, Σ w_i θ_i (task
-arithmetic for methods whose effect is linear in their tensors, e.g. BitFit; a weight average, "model soup", for the
-rest), which needs adapters of one config; their frozen buffers (masks, indices, projections) must be equal.
+Every other method combines by "linear" only, which needs adapters of one config, parameter by parameter (after
+"Composing Parameter-Efficient Modules with Arithmetic Operations", Zhang et al. 2023):
+    an effect parameter (core.sites.Site.effect_parameters: one the adapter's effect is linear in, with the value
+    ν at which it does nothing)       θ = ν + Σ w_i (θ_i − ν)      so w = −1 negates: IA3's l -> 2 − l, BitFit's
+                                                                   Δb -> −Δb, a bottleneck's up -> −up, VeRA's Λ_b
+    any other parameter               θ = Σ |w_i| θ_i / Σ |w_i|    (a weighted average; unchanged by negation)
+Frozen buffers (masks, indices, projections) must be equal. A method without effect parameters (DoRA, LoReFT,
+prompt and prefix tuning) only averages: negative weights are refused. Hugging Face PEFT's IA3 rule is Σ w_i l_i,
+the same when the weights sum to 1; otherwise it scales the activations by about Σ w_i, which the rule above does
+not. Adapters of different methods do not combine into one adapter: stack them (set_adapter([a, b])).
 
 A module that several of the adapters train in full (modules_to_save, e.g. a classification head) cannot be
 combined; a module that one of them trains is copied from it.
@@ -50,6 +57,8 @@ def add_weighted_adapter(model: AdaptedModel, adapters: str | Sequence[str], wei
     configs = [v.config for v in views]
     how = combination_type or ("svd" if low_rank else "linear")
     _check_rule(how, low_rank, configs[0], svd_rank, svd_clamp, density, majority_sign_method)
+    if min(weights) < 0 and not low_rank:
+        _check_negatable(views)
     saved = _saved_sources(views)
     if low_rank:
         rank = _new_rank(views, how, svd_rank)
@@ -78,6 +87,18 @@ def add_weighted_adapter(model: AdaptedModel, adapters: str | Sequence[str], wei
     except BaseException:
         model.delete_adapter(adapter_name)  # nothing half-built is left behind
         raise
+
+
+def _check_negatable(views: list[AdapterView]) -> None:
+    view = views[0]
+    blocking = next((type(e.site).__name__ for e in view.entries(SiteRole.METHOD) if not e.site.effect_parameters),
+                    None)
+    if blocking is None and view.model_adapter is not None and any(True for _ in view.model_adapter.parameters()):
+        blocking = type(view.model_adapter).__name__
+    if blocking is not None:
+        raise AdapterCombineError(f"negative weights negate an adapter, which is not defined for "
+                                  f"{view.config.card.name} ({blocking} has no parameter its effect is linear in); "
+                                  "use non-negative weights (a weighted average)")
 
 
 def _weights(weights: Sequence[float], adapters: list[str]) -> Sequence[float]:
@@ -220,18 +241,24 @@ def _low_rank(site: nn.Module) -> LowRank:
 
 
 def _combine_linear(target: nn.Module, sources: list[nn.Module | None], weights: list[float]) -> None:
-    """target's parameters = Σ w_i (source i's), over the sources that have the site (a low-rank site's factors are
-    combined by _combine_factors, so skipped); its buffers (masks, indices, frozen projections) must agree."""
+    """target's parameters from the sources that have the site (module docstring): effect parameters
+    ν + Σ w_i (θ_i − ν), the others the |w|-weighted average; a low-rank site's factors are combined by
+    _combine_factors, so skipped; buffers (masks, indices, frozen projections) must agree."""
     factors = {id(t) for t in target.factors()} if isinstance(target, LowRankSite) else set()
+    effect = getattr(type(target), "effect_parameters", {})  # model adapters have none
     present = [(s, w) for s, w in zip(sources, weights) if s is not None]
+    total = sum(abs(w) for _, w in present) or 1.0
     for key, tensor in target.named_parameters():
         if id(tensor) in factors:
             continue
         values = [dict(s.named_parameters())[key].detach() for s, _ in present]
-        if tensor.is_floating_point():
-            tensor.copy_(merge(values, [w for _, w in present], "linear"))
-        else:
+        if not tensor.is_floating_point():
             _copy_equal(tensor, values, key)
+        elif key in effect:
+            neutral = effect[key]
+            tensor.copy_(merge([v - neutral for v in values], [w for _, w in present], "linear") + neutral)
+        else:
+            tensor.copy_(merge(values, [abs(w) / total for _, w in present], "linear"))
     for key, tensor in target.named_buffers():
         _copy_equal(tensor, [dict(s.named_buffers())[key] for s, _ in present], key)
 

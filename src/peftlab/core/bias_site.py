@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from typing import ClassVar
+
 import torch
 from torch import nn
 
@@ -52,6 +54,7 @@ class BiasDelta(WeightDeltaSite):
         return result + delta.to(result.dtype)
 
     routable = True
+    effect_parameters: ClassVar[dict[str, float]] = {"bias_delta": 0.0}
 
     @classmethod
     def route(cls, sites: list[BiasDelta | None], index: torch.Tensor, x: torch.Tensor, base: BaseCall,

@@ -65,6 +65,10 @@ class AdaptedLayer(nn.Module):
         """Run the adapters `names` (in order, first outermost) that live here and are not merged."""
         self._chain = tuple(self.adapters[n] for n in names if n in self.adapters and n not in self.merged)
 
+    def forget_stacks(self) -> None:
+        """Drop the routed stacks kept between calls (after adapters were added, deleted or reactivated)."""
+        self._stacks = StackCache()
+
     def forward(self, x: Any, *args: Any, **kwargs: Any) -> Any:
         call = current_call()
         if call is not None and call.routing is not None:

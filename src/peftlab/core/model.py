@@ -44,6 +44,7 @@ class AdaptedModel(nn.Module):
         self.configs: dict[str, MethodConfig] = {}
         self._sites: dict[str, dict[str, SiteRole]] = {}  # adapter name -> {module path: role}
         self._active: tuple[str, ...] = ()
+        self._trainable: tuple[str, ...] = ()
         self._enabled = True
         self.objectives = nn.ModuleDict()
         self.train(base_model.training)
@@ -250,11 +251,16 @@ class AdaptedModel(nn.Module):
             raise
         self.configs[adapter_name] = config
         self._sites[adapter_name] = placed
-        self.set_adapter(self._active or (adapter_name,))
+        if self._active:
+            self.set_adapter(self._active, self.trainable_adapters)
+        else:
+            self.set_adapter(adapter_name)
         self._reattach_objectives()
 
-    def set_adapter(self, adapter_name: str | Sequence[str]) -> None:
-        """Make one adapter (or several, applied together) active and trainable; the others are frozen."""
+    def set_adapter(self, adapter_name: str | Sequence[str], trainable: str | Sequence[str] | None = None) -> None:
+        """Make one adapter (or several, applied together: the first outermost) active; `trainable` (default: all
+        of them) are trained, every other adapter is frozen. A frozen stack, e.g. PEFTDebias's frozen upstream
+        adapter under a new task adapter: set_adapter(["task", "upstream"], trainable="task")."""
         names = as_names(adapter_name)
         if not names:
             raise AdapterStateError(f"set_adapter needs at least one adapter name; this model has {self.adapters}")
@@ -263,16 +269,28 @@ class AdaptedModel(nn.Module):
                                     "adapter runs once, so name it once")
         for name in names:
             self._require(name)
+        chosen = names if trainable is None else as_names(trainable)
+        outside = [n for n in chosen if n not in names]
+        if outside:
+            raise AdapterStateError(f"trainable={list(chosen)} names {outside}, which would not be active; only active "
+                                    f"adapters ({list(names)}) can train")
         self._active = names
+        self._trainable = chosen
         self._refresh()
+
+    @property
+    def trainable_adapters(self) -> tuple[str, ...]:
+        """The active adapters whose parameters train (set_adapter's `trainable`)."""
+        return tuple(n for n in self._trainable if n in self._active)
 
     def _refresh(self) -> None:
         live = self._active if self._enabled else ()
         layers = attach.adapted_layers(self.get_base_model())
         for layer in layers.values():
             layer.set_active(live)
+            layer.forget_stacks()  # adapters may have come or gone: routed stacks are rebuilt
         for name in self.configs:
-            trainable = name in self._active
+            trainable = name in self._active and name in self._trainable
             for param in self._adapter_parameters(name, layers):
                 if param.requires_grad != trainable:
                     param.requires_grad_(trainable)
@@ -306,6 +324,7 @@ class AdaptedModel(nn.Module):
         del self.configs[adapter_name]
         remaining = tuple(n for n in self._active if n != adapter_name)
         self._active = remaining or ((self.adapters[0],) if self.adapters else ())
+        self._trainable = tuple(n for n in self._trainable if n != adapter_name) if remaining else self._active
         self._refresh()
         self._reattach_objectives()
 
@@ -450,7 +469,7 @@ class AdaptedModel(nn.Module):
             n_method = sum(1 for e in view.entries() if e.role in (SiteRole.METHOD, SiteRole.BIAS))
             saved = view.paths(SiteRole.SAVED)
             count = sum(p.numel() for p in view.parameters())
-            state = "active" if name in self._active else "inactive"
+            state = ("active" if name in self._trainable else "active, frozen") if name in self._active else "inactive"
             extra = f", trained in full: {', '.join(saved)}" if saved else ""
             has_tensors = view.model_adapter is not None and any(True for _ in view.model_adapter.parameters())
             level = ", with model-level tensors" if has_tensors else ""

@@ -186,7 +186,7 @@ class StackCache:
         if torch.is_grad_enabled() and any(t.requires_grad for t in tensors):
             return build()
         key = tuple(id(site) for site in sites)
-        versions = tuple(t._version for t in tensors)
+        versions = tuple(t._version if not t.is_inference() else -1 for t in tensors)
         found = self._entries.get(key)
         if found is not None and found[0] == versions:
             return found[1]

@@ -33,7 +33,7 @@ from peftlab.core.typology import AttachKind
 from peftlab.errors import ContractError
 
 if TYPE_CHECKING:
-    from collections.abc import Sequence
+    from collections.abc import Mapping, Sequence
 
     from peftlab.core.context import CallContext
     from peftlab.core.layer import BaseCall
@@ -57,6 +57,10 @@ class Site(nn.Module, metaclass=abc.ABCMeta):
     additive: ClassVar[bool] = False  # output = base(x) + f(x), f not reading base(x): merges in any order
     reads_base_weight: ClassVar[bool] = False  # the update depends on W itself (DoRA): fold it only over W alone
     routable: ClassVar[bool] = False  # `route` runs several adapters of this class in one call, per sample or token
+    # The parameters whose departure from a neutral value is the adapter's effect, linearly: name -> neutral value
+    # (LoRA's B: 0, IA3's l: 1). Arithmetic adds and negates those (core: compose/weighted_adapter.py); a method
+    # without any cannot be negated.
+    effect_parameters: ClassVar[Mapping[str, float]] = {}
 
     @abc.abstractmethod
     def forward(self, x: Any, base: BaseCall) -> Any:
@@ -190,8 +194,9 @@ KIND_BASES: dict[AttachKind, type[Site]] = {
     AttachKind.REPRESENTATION: RepresentationSite,
     AttachKind.SELECTION: SelectionSite,
 }
-TRAITS = ("additive", "reads_base_weight", "in_calls", "routable", "route", "scaling", "trained_bias", "factors",
-          "delta_weight", "merge", "unmerge", "export_state", "expected_state", "import_state", "regularization_loss")
+TRAITS = ("additive", "reads_base_weight", "in_calls", "routable", "route", "effect_parameters", "scaling",
+          "trained_bias", "factors", "delta_weight", "merge", "unmerge", "export_state", "expected_state",
+          "import_state", "regularization_loss")
 
 
 def check_site_class(site_cls: type, kind: AttachKind, mergeable: bool, method: str) -> None:

@@ -69,6 +69,7 @@ class AdaLinkSite(InputSite, MergeableSite):
     """W_down (adalink_down.weight, (r, d)) and W_up (adalink_up.weight, (d, r)) at one embedding module."""
 
     additive = True
+    effect_parameters: ClassVar[dict[str, float]] = {"adalink_up.weight": 0.0}  # the residual update is linear in W_up
 
     def __init__(self, d: int, r: int, scaling: float) -> None:
         super().__init__()

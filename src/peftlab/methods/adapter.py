@@ -212,6 +212,8 @@ class Bottleneck(InsertedSite):
     """
 
     routable = True
+    # g(h) is linear in up: -up negates g
+    effect_parameters: ClassVar[dict[str, float]] = {"adapter_up.weight": 0.0, "adapter_up.bias": 0.0}
 
     def __init__(self, module: nn.Module, path: str, d: int, m: int, scale: float, activation: str,
                  slot: InputSlot | None) -> None:

@@ -58,6 +58,7 @@ class DoRALinear(LoRALinearUpdate):
 
     additive = False
     reads_base_weight = True  # the update rescales by ‖W + c B A‖: folding it needs W alone underneath
+    effect_parameters: ClassVar = {}  # the magnitude does not negate: DoRA adapters only average
 
     def __init__(self, module: nn.Module, r: int, scaling: float, dropout: float, init: str, transposed: bool,
                  train_bias: bool) -> None:
@@ -155,6 +156,7 @@ class DoRAConv(LoRAConvUpdate):
 
     additive = False
     reads_base_weight = True
+    effect_parameters: ClassVar = {}
 
     def __init__(self, module: nn.Conv1d | nn.Conv2d, r: int, scaling: float, dropout: float, init: str,
                  train_bias: bool) -> None:

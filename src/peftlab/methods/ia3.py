@@ -150,6 +150,7 @@ class IA3Site(WeightDeltaSite):
         return (result.to(self.ia3_l.dtype) * self._scale_for(result)).to(result.dtype)
 
     routable = True
+    effect_parameters: ClassVar[dict[str, float]] = {"ia3_l": 1.0}  # the composition paper's negation: l -> 2 - l
 
     @classmethod
     def route(cls, sites: list[IA3Site | None], index: torch.Tensor, x: torch.Tensor, base: BaseCall,

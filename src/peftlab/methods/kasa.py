@@ -80,6 +80,7 @@ class KaSALinear(LoRALinearUpdate):
     buffers (not saved): the dropped part's factors."""
 
     additive = True  # base(x) plus a term that does not read base(x): folds in any order with other additive sites
+    effect_parameters: ClassVar[dict[str, float]] = {"lora_B.weight": 0.0, "bias_delta": 0.0}  # linear in B
 
     def __init__(self, module: nn.Linear, r: int, scaling: float, dropout: float, init: str, train_bias: bool,
                  beta: float, gamma: float) -> None:

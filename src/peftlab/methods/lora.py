@@ -147,6 +147,9 @@ class LoRAUpdate(WeightDeltaSite):
     Hugging Face PEFT does; we keep the delta so that disabling the adapter restores the base bias exactly.
     The classes that are exactly ΔW = scaling · B A (LoRA's, not DoRA's) are also LowRankSites."""
 
+    # ΔW is linear in B: B -> -B negates it
+    effect_parameters: ClassVar[dict[str, float]] = {"lora_B.weight": 0.0, "bias_delta": 0.0}
+
     @abc.abstractmethod
     def delta_weight(self) -> torch.Tensor:
         """ΔW in the base weight's own layout."""
@@ -342,6 +345,7 @@ class LoRAEmbedding(LoRAUpdate, LowRankSite):
         return result + ((rows @ self.lora_embedding_B.T) * self.scaling).to(result.dtype)
 
     routable = True
+    effect_parameters: ClassVar[dict[str, float]] = {"lora_embedding_B": 0.0}
 
     @classmethod
     def route(cls, sites: list[LoRAEmbedding | None], index: torch.Tensor, x: torch.Tensor, base: BaseCall,

@@ -95,6 +95,7 @@ class SparseDelta(WeightDeltaSite):
     positions."""
 
     additive = True  # the module's output for W + Δ is base(x) plus its output for Δ alone
+    effect_parameters: ClassVar[dict[str, float]] = {"sparse_values": 0.0}
 
     def __init__(self, weight: torch.Tensor, k: int, indices: torch.Tensor | None) -> None:
         super().__init__()

@@ -112,6 +112,7 @@ class VeRALinear(WeightDeltaSite):
     """Λ_b and Λ_d of one Linear (or Conv1D) layer: vera_lambda_b (d_out,), vera_lambda_d (r,)."""
 
     additive = True
+    effect_parameters: ClassVar[dict[str, float]] = {"vera_lambda_b": 0.0}  # ΔW is linear in Λ_b
 
     def __init__(self, module: nn.Module, projections: VeRAProjections, d_initial: float, dropout: float,
                  transposed: bool) -> None:
