@@ -8,7 +8,8 @@
 from peftlab.core.config import MethodConfig
 from peftlab.core.model import AdaptedModel, adapt, load
 from peftlab.core.typology import AttachKind, MethodCard
-from peftlab.errors import AdapterCombineError, AdapterLoadError, AdapterSaveError, AdapterStateError
+from peftlab.errors import AdapterCombineError, AdapterFileWarning, AdapterLoadError, AdapterSaveError
+from peftlab.errors import AdapterStateError
 from peftlab.errors import ConfigError, PeftlabError, TargetError
 from peftlab.methods import BitFit, DoRA, FullFineTuning, LoRA
 from peftlab.methods import IA3, Adapter, SparseFT
@@ -20,7 +21,7 @@ from peftlab.core.registry import config_for, get_method, methods, register
 __version__ = "0.1.0"
 
 __all__ = [
-    "AdaptedModel", "Adapter", "AdapterCombineError", "AdapterLoadError", "AdapterSaveError", "AdapterStateError",
+    "AdaptedModel", "Adapter", "AdapterCombineError", "AdapterFileWarning", "AdapterLoadError", "AdapterSaveError", "AdapterStateError",
     "AttachKind", "BitFit",
     "ConfigError", "DoRA", "FullFineTuning", "IA3", "LoRA", "MethodCard", "MethodConfig", "PeftlabError", "SparseFT",
     "TargetError", "adapt", "config_for", "get_method", "load", "methods", "register",

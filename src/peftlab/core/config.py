@@ -90,6 +90,9 @@ class MethodConfig:
     # Whether `add_weighted_adapter` may combine this method's sites through their low-rank factors (sites then
     # offer `factors()` -> (A, B) and `scaling`); otherwise only a weighted average of identical-config adapters.
     combines_low_rank: ClassVar[bool] = False
+    # Fields whose values become tensor dimensions (ints, or dicts of ints such as LoRA's rank_pattern): a load checks
+    # them against the adapter file's tensor shapes before it builds anything.
+    size_fields: ClassVar[tuple[str, ...]] = ()
 
     targets: TargetSpec = None
     target_types: tuple[str, ...] = ()
@@ -216,7 +219,8 @@ class MethodConfig:
     @classmethod
     def from_file_config(cls, data: Mapping[str, Any]) -> MethodConfig:
         """Inverse of `to_file_config`."""
-        data = {k: v for k, v in data.items() if k not in ("peft_type", "peftlab_version", "base_model_name_or_path")}
+        data = {k: v for k, v in data.items()
+                if k not in ("peft_type", "peftlab_version", "base_model_name_or_path", "task_type")}
         return cls.from_dict({"method": cls.card.id, **data})
 
     def replace(self, **changes: Any) -> MethodConfig:

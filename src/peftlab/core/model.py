@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import contextlib
 import functools
-from collections.abc import Callable, Iterator, Sequence
+from collections.abc import Callable, Iterable, Iterator, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -16,16 +16,23 @@ from peftlab.core.config import MethodConfig
 from peftlab.core.copy_site import CopySite
 from peftlab.core.layer import AdaptedLayer, MergeableSite
 from peftlab.core.targets import modules_to_save_for
-from peftlab.errors import AdapterSaveError, AdapterStateError, TargetError
+from peftlab.errors import AdapterStateError, TargetError
+
+
+MAX_ADAPTER_NAME_BYTES = 128  # a name becomes a folder name when saved (file systems allow 255 bytes)
 
 
 def check_adapter_name(name: str) -> str:
     if not isinstance(name, str) or not name.isidentifier():
         raise AdapterStateError(f"adapter name {name!r} is not a plain identifier (letters, digits, underscores, "
                                 "not starting with a digit); choose e.g. 'default' or 'task_a'")
-    if hasattr(nn.ModuleDict, name):  # adapters live in ModuleDicts, which refuse their own attribute names
+    if len(name.encode("utf-8")) > MAX_ADAPTER_NAME_BYTES:
+        raise AdapterStateError(f"adapter name {name[:40]!r}... is {len(name.encode('utf-8'))} bytes long; at most "
+                                f"{MAX_ADAPTER_NAME_BYTES} are allowed, as a saved adapter gets a folder of that name")
+    # adapters live in ModuleDicts, which refuse the names of their methods and attributes (training, _modules, ...)
+    if hasattr(nn.ModuleDict, name) or name in vars(nn.ModuleDict()):
         raise AdapterStateError(f"adapter name {name!r} is the name of a torch module method or attribute; choose "
-                                f"another, e.g. '{name}_adapter'")
+                                f"another, e.g. '{name.strip('_')}_adapter'")
     return name
 
 
@@ -105,20 +112,24 @@ class AdaptedModel(nn.Module):
         saved = self._resolve_saved(config)
         shared = config.build_model_adapter(base)
         placed: dict[str, str] = {}
-        if shared is not None:
-            self.model_adapters[adapter_name] = shared.train(base.training)
-            self._ensure_hook()
         builders: list[tuple[str, Sequence[str], Callable[[nn.Module, str], nn.Module]]] = [
             ("method", list(sites), lambda module, path: config.build_site(module, path, shared)),
             ("bias", list(config.bias_only_sites(base, sites)),
              lambda module, path: BiasDelta(module, absolute_in_files=True)),
             ("saved", saved, lambda module, path: CopySite(module))]
-        for kind, paths, build in builders:
-            for path in paths:
-                layer = attach.wrap(base, path)
-                site = attach.place_like(build(layer.base_layer, path), layer.base_layer)
-                layer.adapters[adapter_name] = site.train(layer.base_layer.training)
-                placed[path] = kind
+        try:
+            if shared is not None:
+                self.model_adapters[adapter_name] = shared.train(base.training)
+                self._ensure_hook()
+            for kind, paths, build in builders:
+                for path in paths:
+                    layer = attach.wrap(base, path)
+                    placed[path] = kind
+                    site = attach.place_like(build(layer.base_layer, path), layer.base_layer)
+                    layer.adapters[adapter_name] = site.train(layer.base_layer.training)
+        except BaseException:  # a site that failed to build: remove what was placed, so the model is as it was
+            self._remove_sites(adapter_name, placed)
+            raise
         self.configs[adapter_name] = config
         self._sites[adapter_name] = placed
         self.set_adapter(self._active or (adapter_name,))
@@ -188,17 +199,22 @@ class AdaptedModel(nn.Module):
         self._require(adapter_name)
         if adapter_name in self.merged_adapters:
             raise AdapterStateError(f"adapter {adapter_name!r} is merged; call unmerge() before deleting it")
-        for path in self._sites.pop(adapter_name):
-            layer: AdaptedLayer = self.base_model.get_submodule(path)
-            del layer.adapters[adapter_name]
-            if not len(layer.adapters):
-                attach.unwrap(self.base_model, path)
-        if adapter_name in self.model_adapters:
-            del self.model_adapters[adapter_name]
+        self._remove_sites(adapter_name, self._sites.pop(adapter_name))
         del self.configs[adapter_name]
         remaining = tuple(n for n in self._active if n != adapter_name)
         self._active = remaining or ((self.adapters[0],) if self.adapters else ())
         self._refresh()
+
+    def _remove_sites(self, adapter_name: str, paths: Iterable[str]) -> None:
+        """Take the adapter's sites (and model-level adapter) out; layers left without adapters are unwrapped."""
+        for path in paths:
+            layer = self.base_model.get_submodule(path)
+            if isinstance(layer, AdaptedLayer) and adapter_name in layer.adapters:
+                del layer.adapters[adapter_name]
+            if isinstance(layer, AdaptedLayer) and not len(layer.adapters):
+                attach.unwrap(self.base_model, path)
+        if adapter_name in self.model_adapters:
+            del self.model_adapters[adapter_name]
 
     def add_weighted_adapter(self, adapters: Sequence[str], weights: Sequence[float], adapter_name: str,
                              combination_type: str | None = None, svd_rank: int | None = None,
@@ -344,31 +360,35 @@ class AdaptedModel(nn.Module):
         return "\n".join(lines)
 
     # --- files --------------------------------------------------------------------------------------------------
-    def save(self, path: str | Path, adapter_names: str | Sequence[str] | None = None) -> None:
+    def save(self, path: str | Path, adapter_names: str | Sequence[str] | None = None, *,
+             allow_non_finite: bool = False) -> None:
         """Write each adapter as adapter_config.json + adapter_model.safetensors (Hugging Face PEFT layout).
 
-        The adapter named "default" goes to `path` itself, others to `path/<name>/`, as Hugging Face PEFT does.
+        The adapter named "default" goes to `path` itself, others to `path/<name>/`, as Hugging Face PEFT does. Each
+        folder is written as a unit: a reader sees the old adapter or the new one, never a mix, and a save that fails
+        (or finds NaN/infinite values, unless `allow_non_finite`) writes nothing. Other files and subfolders in `path`
+        are left alone.
         """
-        from peftlab.io.adapter_files import save_adapter
+        from peftlab.io.adapter_files import save_adapters
 
-        path = Path(path)
-        blocking = next((p for p in (path, *path.parents) if p.exists()), None)
-        if blocking is not None and not blocking.is_dir():
-            raise AdapterSaveError(f"cannot save adapters to {path}: {blocking} is a file; pass a folder path (it "
-                                   "is created if missing)")
-        for name in as_names(adapter_names) if adapter_names is not None else self.adapters:
+        names = as_names(adapter_names) if adapter_names is not None else tuple(self.adapters)
+        for name in names:
             self._require(name)
-            save_adapter(self, name, path if name == "default" else path / name)
+        save_adapters(self, names, Path(path), allow_non_finite)
 
     def save_pretrained(self, save_directory: str | Path, **_: Any) -> None:
         """Alias of `save` for code written against Hugging Face PEFT."""
         self.save(save_directory)
 
-    def load_adapter(self, path: str | Path, adapter_name: str = "default") -> None:
-        """Read an adapter folder (ours or Hugging Face PEFT's) and add it under `adapter_name`."""
+    def load_adapter(self, path: str | Path, adapter_name: str = "default", *, allow_non_float: bool = False,
+                     allow_non_finite: bool = False) -> None:
+        """Read an adapter folder (ours or Hugging Face PEFT's) and add it under `adapter_name`.
+
+        Tensors of another kind than the adapter holds (integer or bool for floats) or holding NaN/infinity are refused
+        unless `allow_non_float` / `allow_non_finite` (then loaded with a warning)."""
         from peftlab.io.adapter_files import load_adapter_into
 
-        load_adapter_into(self, Path(path), adapter_name)
+        load_adapter_into(self, Path(path), adapter_name, allow_non_float, allow_non_finite)
 
     def get_base_model(self) -> nn.Module:
         return self.base_model
@@ -467,9 +487,12 @@ def adapt(model: nn.Module, config: MethodConfig, adapter_name: str = "default")
     return _attach(model, "adapt", lambda adapted: adapted.add_adapter(adapter_name, config))
 
 
-def load(model: nn.Module, path: str | Path, adapter_name: str = "default") -> AdaptedModel:
-    """Attach the adapter stored at `path` (peftlab or Hugging Face PEFT files) to `model`."""
-    return _attach(model, "load", lambda adapted: adapted.load_adapter(path, adapter_name))
+def load(model: nn.Module, path: str | Path, adapter_name: str = "default", *, allow_non_float: bool = False,
+         allow_non_finite: bool = False) -> AdaptedModel:
+    """Attach the adapter stored at `path` (peftlab or Hugging Face PEFT files) to `model` (options: see
+    `AdaptedModel.load_adapter`)."""
+    return _attach(model, "load", lambda adapted: adapted.load_adapter(
+        path, adapter_name, allow_non_float=allow_non_float, allow_non_finite=allow_non_finite))
 
 
 __all__ = ["AdaptedModel", "adapt", "load"]

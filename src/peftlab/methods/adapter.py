@@ -67,6 +67,7 @@ class Adapter(MethodConfig):
         integration="scaled addition", param_formula="2·d·m + m + d", mergeable=False,
         paper="Houlsby et al. 2019; Pfeiffer et al. 2021; Chen et al. 2022",
         symbols="d: the site's output features (channels); m: the bottleneck size")
+    size_fields: ClassVar[tuple[str, ...]] = ("bottleneck",)
 
     bottleneck: int | None = None
     reduction_factor: float | None = None

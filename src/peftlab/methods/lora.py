@@ -61,6 +61,7 @@ class LoRA(MethodConfig):
         paper="Hu et al. 2021")
     default_targets: ClassVar = DEFAULT_LORA_TARGETS
     combines_low_rank: ClassVar[bool] = True
+    size_fields: ClassVar[tuple[str, ...]] = ("r", "rank_pattern")
 
     r: int = 8
     alpha: float = 8.0

@@ -54,6 +54,7 @@ class LoReFT(MethodConfig):
         form="low-rank (orthonormal R for LoReFT)", integration="addition at chosen positions",
         param_formula="2·r·d + r", mergeable=False, paper="Wu et al. 2024", symbols="r: rank, d: hidden size")
     default_targets: ClassVar = BLOCKS
+    size_fields: ClassVar[tuple[str, ...]] = ("r",)
 
     r: int = 4
     positions: str = "f1+l1"

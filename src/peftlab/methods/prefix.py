@@ -62,6 +62,7 @@ class PrefixTuning(MethodConfig):
         symbols="n: virtual tokens, L: layers, d_kv: key/value width (heads × head size); with reparameterize, while "
                 "training: n·d_kv + (d_kv + 1)·h + (h + 1)·2·L·d_kv")
     file_prefix: ClassVar[str] = "base_model."
+    size_fields: ClassVar[tuple[str, ...]] = ("num_virtual_tokens", "hidden")
 
     num_virtual_tokens: int = 20
     reparameterize: bool = False
