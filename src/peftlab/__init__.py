@@ -21,7 +21,8 @@ from peftlab.core.registry import config_for, get_method, methods, register
 __version__ = "0.1.0"
 
 __all__ = [
-    "AdaptedModel", "Adapter", "AdapterCombineError", "AdapterFileWarning", "AdapterLoadError", "AdapterSaveError", "AdapterStateError",
+    "AdaptedModel", "Adapter", "AdapterCombineError", "AdapterFileWarning", "AdapterLoadError", "AdapterSaveError",
+    "AdapterStateError",
     "AttachKind", "BitFit",
     "ConfigError", "DoRA", "FullFineTuning", "IA3", "LoRA", "MethodCard", "MethodConfig", "PeftlabError", "SparseFT",
     "TargetError", "adapt", "config_for", "get_method", "load", "methods", "register",

@@ -18,7 +18,6 @@ from peftlab.core.layer import AdaptedLayer, MergeableSite
 from peftlab.core.targets import modules_to_save_for
 from peftlab.errors import AdapterStateError, TargetError
 
-
 MAX_ADAPTER_NAME_BYTES = 128  # a name becomes a folder name when saved (file systems allow 255 bytes)
 
 
@@ -287,11 +286,14 @@ class AdaptedModel(nn.Module):
                 owners.setdefault(id(param), []).append(path)
         return owners
 
-    def merge_adapter(self, adapter_names: str | Sequence[str] | None = None) -> None:
+    def merge_adapter(self, adapter_names: str | Sequence[str] | None = None, *, exact_unmerge: bool = False) -> None:
         """Fold adapters (default: the active ones) into the base weights, in place; `unmerge()` undoes it.
 
         Stacked adapters fold innermost first (the last active one first), so the merged model computes what the
         unmerged stack did. A stack that no fold order reproduces is refused (see `_check_stack`).
+        `unmerge()` subtracts (or divides out) each update again, which restores the base weights up to rounding
+        (the bound is in docs/api.md). With `exact_unmerge=True` each merged module's tensors are copied first, and
+        `unmerge()` restores them bit for bit; the copies take the memory of those tensors until then.
         """
         names = as_names(adapter_names) if adapter_names is not None else self._active
         self._check_mergeable(names)
@@ -301,7 +303,7 @@ class AdaptedModel(nn.Module):
             _check_stack(layers[path], self._active, set(names), path)
         for name in inner_first:
             for path in self._sites[name]:
-                layers[path].merge(name)
+                layers[path].merge(name, keep_original=exact_unmerge)
         self._refresh()
 
     def unmerge(self) -> None:

@@ -36,7 +36,7 @@ from safetensors.torch import save_file
 from peftlab.errors import AdapterLoadError, AdapterSaveError
 from peftlab.io.adapter_folder import CONFIG_NAME, WEIGHTS_NAME, config_digest, read_config_json
 from peftlab.io.atomic import create_temporary, remove_temporaries, sync_file, sync_folder
-from peftlab.io.folder_lock import FolderLock
+from peftlab.io.folder_lock import folder_lock
 
 WRITTEN_KEY = "peftlab_file_config_sha256"
 REPLACED_KEY = "peftlab_replaces_config_sha256"
@@ -117,7 +117,7 @@ def write_adapter_folders(items: Sequence[AdapterFiles]) -> None:
                 current = item.folder
                 created += [p for p in (item.folder, *item.folder.parents) if not p.exists()]  # deepest first
                 item.folder.mkdir(parents=True, exist_ok=True)
-                locks.enter_context(FolderLock(item.folder, "peftlab save", wait=True))
+                locks.enter_context(folder_lock(item.folder, "peftlab save", wait=True))
                 staged.append(_stage(item))
             for each in staged:
                 current = each.folder

@@ -19,9 +19,9 @@ import json
 import os
 import socket
 import time
+from collections.abc import Iterator
 from datetime import datetime, timezone
 from pathlib import Path
-from types import TracebackType
 
 from peftlab.errors import PeftlabError
 
@@ -88,9 +88,20 @@ def process_running(pid: int) -> bool:
     return True
 
 
+@contextlib.contextmanager
+def folder_lock(folder: Path, purpose: str, *, wait: bool = False) -> Iterator[FolderLock]:
+    """Hold "<folder>/.peftlab.lock" for the block (see FolderLock)."""
+    lock = FolderLock(folder, purpose, wait=wait)
+    lock.acquire()
+    try:
+        yield lock
+    finally:
+        lock.release()
+
+
 class FolderLock:
-    """Context manager holding "<folder>/.peftlab.lock". `wait`: block until the holder releases it (else refuse
-    with FolderInUseError at once). After entering, `taken_over` names the killed holder whose lock was stale."""
+    """The lock on one folder. `acquire` refuses with FolderInUseError when another process holds it, or with
+    `wait` blocks until it is released; afterwards `taken_over` names the killed holder whose lock was stale."""
 
     def __init__(self, folder: Path, purpose: str, *, wait: bool = False) -> None:
         self.folder = Path(folder)
@@ -101,7 +112,7 @@ class FolderLock:
         self._fd: int | None = None
         self._kernel_lock = False
 
-    def __enter__(self) -> FolderLock:
+    def acquire(self) -> None:
         while True:
             fd = os.open(self.path, os.O_RDWR | os.O_CREAT, 0o666)
             try:
@@ -111,7 +122,7 @@ class FolderLock:
                 if fcntl is not None and err.errno not in _NO_FLOCK:
                     raise
                 self._enter_by_process_id()
-                return self
+                return
             if not locked:
                 os.close(fd)
                 raise FolderInUseError(self._in_use_message(_read(self.path)))
@@ -122,7 +133,7 @@ class FolderLock:
             self.taken_over = previous if previous is not None and previous != self.holder else None
             _write_fd(fd, self.holder.to_text())
             self._fd, self._kernel_lock = fd, True
-            return self
+            return
 
     def _enter_by_process_id(self) -> None:
         """Without a kernel lock the note is the lock, created only if absent. A stale note (its process no longer
@@ -158,8 +169,7 @@ class FolderLock:
             f"wait for it to finish, or stop it; if no process uses the folder, delete {self.path}"
         return f"{self.folder} is in use by {who}: {hint}"
 
-    def __exit__(self, kind: type[BaseException] | None, error: BaseException | None,
-                 trace: TracebackType | None) -> None:
+    def release(self) -> None:
         fd, self._fd = self._fd, None
         if fd is None:
             return
