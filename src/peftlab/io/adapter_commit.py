@@ -112,6 +112,9 @@ def write_adapter_folders(items: Sequence[AdapterFiles]) -> None:
     staged: list[_Staged] = []
     current = items[0].folder if items else Path()
     try:
+        for item in items:
+            current = item.folder
+            _check_no_file_in_the_way(item.folder)
         with contextlib.ExitStack() as locks:
             for item in items:
                 current = item.folder
@@ -134,6 +137,13 @@ def write_adapter_folders(items: Sequence[AdapterFiles]) -> None:
         raise
 
 
+def _check_no_file_in_the_way(folder: Path) -> None:
+    blocking = next((p for p in (folder, *folder.parents) if p.exists() or p.is_symlink()), None)
+    if blocking is not None and not blocking.is_dir():
+        raise AdapterSaveError(f"cannot save adapters to {folder}: {blocking} is a file; pass a folder path (it is "
+                               "created if missing); nothing was written")
+
+
 def _stage(item: AdapterFiles) -> _Staged:
     remove_temporaries(item.folder, (WEIGHTS_NAME, CONFIG_NAME))
     metadata = {**item.metadata, WRITTEN_KEY: config_digest(item.config)}
@@ -143,7 +153,9 @@ def _stage(item: AdapterFiles) -> _Staged:
     staged = _Staged(item.folder, create_temporary(item.folder / WEIGHTS_NAME),
                      create_temporary(item.folder / CONFIG_NAME))
     try:
+        mode = staged.weights.stat().st_mode & 0o777  # as created: 0o666 less the umask
         save_file(item.tensors, str(staged.weights), metadata=metadata)
+        os.chmod(staged.weights, mode)  # safetensors writes its file private (0o600) whatever the umask
         staged.config.write_text(json.dumps(item.config, indent=2, sort_keys=True) + "\n", encoding="utf-8")
         sync_file(staged.weights)
         sync_file(staged.config)

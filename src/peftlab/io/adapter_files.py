@@ -66,10 +66,6 @@ def save_adapters(model: AdaptedModel, names: tuple[str, ...], path: Path, allow
     """Write each adapter of `names` to its folder ("default": `path`, others: `path/<name>`), each folder as one unit
     (adapter_commit). Tensors holding NaN or infinity are refused before anything is written, unless
     `allow_non_finite` (then saved with a warning)."""
-    blocking = next((p for p in (path, *path.parents) if p.exists() or p.is_symlink()), None)
-    if blocking is not None and not blocking.is_dir():
-        raise AdapterSaveError(f"cannot save adapters to {path}: {blocking} is a file; pass a folder path (it "
-                               "is created if missing)")
     items = []
     for name in names:
         tensors = {k: v.detach().to("cpu").contiguous().clone() for k, v in adapter_tensors(model, name).items()}
