@@ -5,7 +5,6 @@ temporaries do not pile up; sibling adapters and the user's own files survive; a
 from __future__ import annotations
 
 import json
-import multiprocessing
 import os
 import random
 import shutil
@@ -17,46 +16,11 @@ from pathlib import Path
 
 import pytest
 import torch
-from torch import nn
 
 import peftlab
-from peftlab.io.adapter_commit import PAUSE_ENV
 from peftlab.io.adapter_files import adapter_tensors
 from peftlab.io.folder_lock import LOCK_NAME
-
-SITES = ["0", "1", "2", "3"]
-
-
-def base() -> nn.Module:
-    torch.manual_seed(0)
-    return nn.Sequential(*(nn.Linear(256, 256) for _ in SITES))
-
-
-def adapter(kind: str) -> peftlab.AdaptedModel:
-    """Adapter "A" (LoRA r=4, alpha 16) or "B" (r=128, alpha 512), the same in every process that builds it."""
-    r, alpha, seed = {"A": (4, 16.0, 1), "B": (128, 512.0, 2)}[kind]
-    model = peftlab.adapt(base(), peftlab.LoRA(r=r, alpha=alpha, targets=SITES, init="random"))
-    torch.manual_seed(seed)
-    with torch.no_grad():
-        for param in model.parameters():
-            if param.requires_grad:
-                param.normal_()
-    return model
-
-
-def _save_forever(folder: str) -> None:
-    """Child process: save A, B, A, B, ... into the same folder until killed."""
-    a, b = adapter("A"), adapter("B")
-    while True:
-        a.save(folder)
-        b.save(folder)
-
-
-def _save_once(folder: str, kind: str, pause_file: str) -> None:
-    """Child process: one save, pausing between its renames (the test hook), where the test kills it."""
-    model = adapter(kind)
-    os.environ[PAUSE_ENV] = pause_file
-    model.save(folder)
+from tests.io.children import SITES, adapter, base, save_forever, save_once
 
 
 def which(folder: Path, expected: dict[str, peftlab.AdaptedModel]) -> str:
@@ -78,15 +42,6 @@ def temporaries(folder: Path) -> list[str]:
     return sorted(p.name for p in folder.iterdir() if p.name.endswith(".tmp"))
 
 
-@pytest.fixture(scope="module")
-def processes() -> multiprocessing.context.BaseContext:
-    """Children forked from a server that has imported torch and peftlab once (a fresh interpreter per kill would
-    cost seconds each)."""
-    context = multiprocessing.get_context("forkserver")
-    context.set_forkserver_preload([__name__, "transformers.pytorch_utils"])  # adapt() imports the latter lazily
-    return context
-
-
 def prepared_folder(tmp_path: Path) -> Path:
     """An adapter folder holding A, a sibling adapter in a subfolder and a file of the user's."""
     folder = tmp_path / "adapter"
@@ -98,14 +53,14 @@ def prepared_folder(tmp_path: Path) -> Path:
     return folder
 
 
-def test_random_kills_leave_the_old_or_the_new_adapter(processes, tmp_path: Path) -> None:
+def test_random_kills_leave_the_old_or_the_new_adapter(forked, tmp_path: Path) -> None:
     folder = prepared_folder(tmp_path)
     expected = {"A": adapter("A"), "B": adapter("B")}
     other = (folder / "other" / "adapter_model.safetensors").read_bytes()
     rng = random.Random(0)
     outcomes = []
     for _ in range(30):
-        child = processes.Process(target=_save_forever, args=(str(folder),))
+        child = forked.Process(target=save_forever, args=(str(folder),))
         child.start()
         time.sleep(rng.uniform(0.0, 0.25))
         os.kill(child.pid, signal.SIGKILL)
@@ -121,10 +76,10 @@ def test_random_kills_leave_the_old_or_the_new_adapter(processes, tmp_path: Path
     assert which(folder, expected) == "A"
 
 
-def test_a_save_killed_between_its_renames_is_refused_not_mixed(processes, tmp_path: Path) -> None:
+def test_a_save_killed_between_its_renames_is_refused_not_mixed(forked, tmp_path: Path) -> None:
     folder = prepared_folder(tmp_path)
     pause = tmp_path / "paused"
-    child = processes.Process(target=_save_once, args=(str(folder), "B", str(pause)))
+    child = forked.Process(target=save_once, args=(str(folder), "B", str(pause)))
     child.start()
     deadline = time.monotonic() + 60
     while not pause.exists():

@@ -375,8 +375,8 @@ def lora_from_file_config(data: dict) -> LoRA:
     fields = dict(
         targets=targets, r=data.get("r", 8), alpha=data.get("lora_alpha", 8.0),  # types: checked by the config
         dropout=data.get("lora_dropout", 0.0), bias=data.get("bias", "none"),
-        use_rslora=bool(data.get("use_rslora", False)), rank_pattern=dict(data.get("rank_pattern") or {}),
-        alpha_pattern=dict(data.get("alpha_pattern") or {}), fan_in_fan_out=bool(data.get("fan_in_fan_out")),
+        use_rslora=bool(data.get("use_rslora", False)), rank_pattern=data.get("rank_pattern") or {},
+        alpha_pattern=data.get("alpha_pattern") or {}, fan_in_fan_out=bool(data.get("fan_in_fan_out")),
         init={"gaussian": "gaussian", False: "random"}.get(init, "default"),
         modules_to_save=tuple(data["modules_to_save"]) if data.get("modules_to_save") else (),
         layers=(layers,) if isinstance(layers, int) else (tuple(layers) if layers else None),
