@@ -67,3 +67,16 @@ def load_measured(folder: str, queue: multiprocessing.Queue) -> None:
         error = f"{type(err).__name__}: {err}"
     grown = (resource.getrusage(resource.RUSAGE_SELF).ru_maxrss - before) / 1024
     queue.put((error, time.perf_counter() - start, grown))
+
+
+def hold_lock(folder: str, purpose: str, ready_file: str, kernel_lock: bool = True) -> None:
+    """Hold the folder's lock until killed (`kernel_lock=False`: as on a file system without flock)."""
+    from pathlib import Path
+
+    from peftlab.io import folder_lock
+
+    if not kernel_lock:
+        folder_lock.fcntl = None
+    with folder_lock.folder_lock(Path(folder), purpose):
+        Path(ready_file).write_text("held")
+        time.sleep(3600)

@@ -60,7 +60,7 @@ def test_random_kills_leave_the_old_or_the_new_adapter(forked, tmp_path: Path) -
     rng = random.Random(0)
     outcomes = []
     for _ in range(30):
-        child = forked.Process(target=save_forever, args=(str(folder),))
+        child = forked.Process(target=save_forever, args=(str(folder),), daemon=True)
         child.start()
         time.sleep(rng.uniform(0.0, 0.25))
         os.kill(child.pid, signal.SIGKILL)
@@ -79,7 +79,7 @@ def test_random_kills_leave_the_old_or_the_new_adapter(forked, tmp_path: Path) -
 def test_a_save_killed_between_its_renames_is_refused_not_mixed(forked, tmp_path: Path) -> None:
     folder = prepared_folder(tmp_path)
     pause = tmp_path / "paused"
-    child = forked.Process(target=save_once, args=(str(folder), "B", str(pause)))
+    child = forked.Process(target=save_once, args=(str(folder), "B", str(pause)), daemon=True)
     child.start()
     deadline = time.monotonic() + 60
     while not pause.exists():

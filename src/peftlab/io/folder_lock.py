@@ -113,19 +113,26 @@ class FolderLock:
         self._kernel_lock = False
 
     def acquire(self) -> None:
+        if fcntl is None:
+            self._enter_by_process_id()
+            return
         while True:
             fd = os.open(self.path, os.O_RDWR | os.O_CREAT, 0o666)
             try:
                 locked = _kernel_lock(fd, self.wait)
             except OSError as err:
+                empty = os.fstat(fd).st_size == 0
                 os.close(fd)
-                if fcntl is not None and err.errno not in _NO_FLOCK:
+                if err.errno not in _NO_FLOCK:
                     raise
+                if empty:  # the file this open just created: the note-based lock below creates its own
+                    with contextlib.suppress(FileNotFoundError):
+                        os.unlink(self.path)
                 self._enter_by_process_id()
                 return
             if not locked:
                 os.close(fd)
-                raise FolderInUseError(self._in_use_message(_read(self.path)))
+                raise FolderInUseError(self._in_use_message(LockHolder.parse(_read(self.path))))
             if not _same_file(fd, self.path):  # the holder released (deleted) it between our open and lock: retry
                 os.close(fd)
                 continue
@@ -193,8 +200,6 @@ def _stale(holder: LockHolder | None, path: Path) -> bool:
 
 def _kernel_lock(fd: int, wait: bool) -> bool:
     """flock the file: True when locked, False when another process holds it (only without `wait`)."""
-    if fcntl is None:
-        raise OSError(errno.ENOSYS, "no flock on this platform")
     try:
         fcntl.flock(fd, fcntl.LOCK_EX | (0 if wait else fcntl.LOCK_NB))
     except BlockingIOError:
