@@ -112,7 +112,7 @@ def test_a_size_derived_from_the_config_is_bounded_while_building(tmp_path: Path
 def test_a_refused_build_leaves_the_model_as_it_was(tmp_path: Path) -> None:
     saved(tmp_path, peftlab.Adapter(bottleneck=8, targets=["0", "1"]))
     edit_config(tmp_path, bottleneck=None, reduction_factor=1e-9)
-    model = peftlab.adapt(small_base(), peftlab.LoRA(r=2, targets=["0"]))
+    model = peftlab.adapt(small_base(), peftlab.LoRA(r=2, targets=["1"]))  # "0" gets wrapped, then refused
     structure = repr(model)
     with pytest.raises(peftlab.AdapterLoadError):
         model.load_adapter(tmp_path, "other")
