@@ -19,6 +19,7 @@ import torch
 
 import peftlab
 from peftlab.io.adapter_files import adapter_tensors
+from peftlab.io.atomic import STAGING_PREFIX
 from peftlab.io.folder_lock import LOCK_NAME
 from tests.io.children import SITES, adapter, base, save_forever, save_once
 
@@ -38,8 +39,13 @@ def which(folder: Path, expected: dict[str, peftlab.AdaptedModel]) -> str:
     return "MIXED"
 
 
-def temporaries(folder: Path) -> list[str]:
-    return sorted(p.name for p in folder.iterdir() if p.name.endswith(".tmp"))
+FOLDER_FILES = {"adapter_config.json", "adapter_model.safetensors", "notes.txt", "other"}
+
+
+def leftovers(folder: Path) -> dict[str, int]:
+    """What else the folder holds (a killed save's files), with their sizes in bytes."""
+    return {p.name: sum(f.stat().st_size for f in (p.rglob("*") if p.is_dir() else [p]) if f.is_file())
+            for p in folder.iterdir() if p.name not in FOLDER_FILES}
 
 
 def prepared_folder(tmp_path: Path) -> Path:
@@ -66,13 +72,15 @@ def test_random_kills_leave_the_old_or_the_new_adapter(forked, tmp_path: Path) -
         os.kill(child.pid, signal.SIGKILL)
         child.join()
         outcomes.append(which(folder, expected))
-        assert len(temporaries(folder)) <= 2, temporaries(folder)  # at most the killed save's two files
+        left = leftovers(folder)  # at most the killed save's staging folder and lock file: nothing piles up
+        assert len([n for n in left if n.startswith(STAGING_PREFIX)]) <= 1 and set(left) - {LOCK_NAME} == {
+            n for n in left if n.startswith(STAGING_PREFIX)}, left
         assert (folder / "notes.txt").read_text() == "my notes"
         assert (folder / "other" / "adapter_model.safetensors").read_bytes() == other
     assert "MIXED" not in outcomes, outcomes
     assert {"A", "B"} <= set(outcomes), outcomes  # the kills did land in the middle of the save loop
     expected["A"].save(folder)  # the next save clears what the killed ones left
-    assert temporaries(folder) == [] and not (folder / LOCK_NAME).exists()
+    assert leftovers(folder) == {}
     assert which(folder, expected) == "A"
 
 
@@ -91,8 +99,9 @@ def test_a_save_killed_between_its_renames_is_refused_not_mixed(forked, tmp_path
     with pytest.raises(peftlab.AdapterLoadError, match=r"adapter_model.safetensors and .*adapter_config.json come "
                                                        r"from two different saves"):
         peftlab.load(base(), folder)
+    assert any(n.startswith(STAGING_PREFIX) for n in leftovers(folder))
     adapter("B").save(folder)
-    assert temporaries(folder) == []
+    assert leftovers(folder) == {}
     assert which(folder, {"A": adapter("A"), "B": adapter("B")}) == "B"
 
 

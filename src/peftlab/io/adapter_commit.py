@@ -12,10 +12,10 @@ A save killed between the renames leaves new weights beside the config their sav
 names, so a load refuses the pair instead of mixing two adapters. A config matching the first record is confirmed;
 one matching neither was edited after the save and is read as it stands (as Hugging Face PEFT reads it).
 
-A save locks each folder (folder_lock, waiting for another save of it), deletes the temporaries that killed saves
-left there, writes both files to temporaries and flushes them to disk. Only when every folder of the call is staged
-are the temporaries renamed into place: an error while writing (no permission, a full disk, a name too long) leaves
-every folder as it was and raises AdapterSaveError.
+A save locks each folder (folder_lock, waiting for another save of it), deletes the staging folders that killed saves
+left there, writes both files into a new staging folder inside it (safetensors' own temporary lands there too) and
+flushes them to disk. Only when every folder of the call is staged are the files renamed into place: an error while
+writing (no permission, a full disk, a name too long) leaves every folder as it was and raises AdapterSaveError.
 """
 
 from __future__ import annotations
@@ -25,6 +25,7 @@ import dataclasses
 import enum
 import json
 import os
+import shutil
 import time
 from collections.abc import Mapping, Sequence
 from pathlib import Path
@@ -35,7 +36,7 @@ from safetensors.torch import save_file
 
 from peftlab.errors import AdapterLoadError, AdapterSaveError
 from peftlab.io.adapter_folder import CONFIG_NAME, WEIGHTS_NAME, config_digest, read_config_json
-from peftlab.io.atomic import create_temporary, remove_temporaries, sync_file, sync_folder
+from peftlab.io.atomic import make_staging_folder, remove_staging_folders, sync_file, sync_folder
 from peftlab.io.folder_lock import folder_lock
 
 WRITTEN_KEY = "peftlab_file_config_sha256"
@@ -85,25 +86,25 @@ class AdapterFiles:
 
 @dataclasses.dataclass
 class _Staged:
+    """Both files of one folder, written into a staging folder inside it, waiting to be renamed into place."""
+
     folder: Path
-    weights: Path
-    config: Path
+    staging: Path
     done: bool = False
 
     def commit(self) -> None:
-        os.replace(self.weights, self.folder / WEIGHTS_NAME)
+        os.replace(self.staging / WEIGHTS_NAME, self.folder / WEIGHTS_NAME)
         pause = os.environ.get(PAUSE_ENV)
         if pause:
             Path(pause).write_text(str(os.getpid()), encoding="utf-8")
             time.sleep(3600)
-        os.replace(self.config, self.folder / CONFIG_NAME)
+        os.replace(self.staging / CONFIG_NAME, self.folder / CONFIG_NAME)
         sync_folder(self.folder)
         self.done = True
+        self.discard()
 
     def discard(self) -> None:
-        for path in (self.weights, self.config):
-            with contextlib.suppress(FileNotFoundError):
-                path.unlink()
+        shutil.rmtree(self.staging, ignore_errors=True)
 
 
 def write_adapter_folders(items: Sequence[AdapterFiles]) -> None:
@@ -145,20 +146,21 @@ def _check_no_file_in_the_way(folder: Path) -> None:
 
 
 def _stage(item: AdapterFiles) -> _Staged:
-    remove_temporaries(item.folder, (WEIGHTS_NAME, CONFIG_NAME))
+    remove_staging_folders(item.folder)
     metadata = {**item.metadata, WRITTEN_KEY: config_digest(item.config)}
     replaced = _current_config_digest(item.folder / CONFIG_NAME)
     if replaced is not None:
         metadata[REPLACED_KEY] = replaced
-    staged = _Staged(item.folder, create_temporary(item.folder / WEIGHTS_NAME),
-                     create_temporary(item.folder / CONFIG_NAME))
+    staged = _Staged(item.folder, make_staging_folder(item.folder))
     try:
-        mode = staged.weights.stat().st_mode & 0o777  # as created: 0o666 less the umask
-        save_file(item.tensors, str(staged.weights), metadata=metadata)
-        os.chmod(staged.weights, mode)  # safetensors writes its file private (0o600) whatever the umask
-        staged.config.write_text(json.dumps(item.config, indent=2, sort_keys=True) + "\n", encoding="utf-8")
-        sync_file(staged.weights)
-        sync_file(staged.config)
+        weights, config = staged.staging / WEIGHTS_NAME, staged.staging / CONFIG_NAME
+        os.close(os.open(weights, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o666))
+        mode = weights.stat().st_mode & 0o777  # as created: 0o666 less the umask
+        save_file(item.tensors, str(weights), metadata=metadata)
+        os.chmod(weights, mode)  # safetensors writes its file private (0o600) whatever the umask
+        config.write_text(json.dumps(item.config, indent=2, sort_keys=True) + "\n", encoding="utf-8")
+        sync_file(weights)
+        sync_file(config)
     except BaseException:
         staged.discard()
         raise

@@ -3,7 +3,9 @@
 A file is written to a temporary ".<name>.<random>.tmp" beside its target, flushed to disk, then renamed over the
 target. Temporaries are created like any new file (mode 0o666 less the umask), so the renamed file follows the
 user's umask. A process killed mid-write leaves its temporary behind; `remove_temporaries` clears those of chosen
-names (callers hold the folder's lock, so that no live writer's temporary is removed).
+names. Writes of several files that must land together go through a staging folder instead
+(`make_staging_folder`), which `remove_staging_folders` clears. Callers of the two hold the folder's lock, so that no
+live writer's files are removed.
 """
 
 from __future__ import annotations
@@ -11,10 +13,12 @@ from __future__ import annotations
 import contextlib
 import os
 import secrets
+import shutil
 from collections.abc import Iterable, Iterator
 from pathlib import Path
 
 TEMPORARY_SUFFIX = ".tmp"
+STAGING_PREFIX = ".peftlab-staging-"
 
 
 def temporary_path(target: Path) -> Path:
@@ -68,6 +72,25 @@ def atomic_path(target: str | Path) -> Iterator[Path]:
 def write_text_atomic(target: str | Path, text: str) -> None:
     with atomic_path(target) as tmp:
         tmp.write_text(text, encoding="utf-8")
+
+
+def make_staging_folder(folder: Path) -> Path:
+    """A new private folder ".peftlab-staging-<12 hex digits>" inside `folder`, for files written before they are
+    renamed into `folder` (libraries that write through their own temporaries, such as safetensors, write them
+    there too, so that a killed writer leaves everything in one place)."""
+    staging = folder / f"{STAGING_PREFIX}{secrets.token_hex(6)}"
+    staging.mkdir()
+    return staging
+
+
+def remove_staging_folders(folder: Path) -> list[Path]:
+    """Delete the staging folders that killed writers left in `folder`; returns them."""
+    removed = []
+    for path in folder.glob(f"{STAGING_PREFIX}*"):
+        if path.is_dir() and not path.is_symlink():
+            shutil.rmtree(path, ignore_errors=True)
+            removed.append(path)
+    return removed
 
 
 def remove_temporaries(folder: Path, names: Iterable[str]) -> list[Path]:

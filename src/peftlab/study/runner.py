@@ -13,13 +13,14 @@ from datetime import datetime, timezone
 from pathlib import Path
 from typing import Any
 
+from peftlab.io.atomic import remove_temporaries
 from peftlab.io.folder_lock import folder_lock
 from peftlab.study import events
 from peftlab.study.analysis import delta_vs_full
 from peftlab.study.plan import RunSpec, StudyConfig
 from peftlab.study.preflight import check_study
 from peftlab.study.progress import Progress, TqdmProgress
-from peftlab.study.results import RESULTS_FILE, append_record, load_records, repair_results, save_study
+from peftlab.study.results import RESULTS_FILE, STUDY_FILE, append_record, load_records, repair_results, save_study
 from peftlab.study.worker import RESULT_FILE, SPEC_FILE, base_record
 
 RUNS_DIR = "runs"
@@ -51,6 +52,7 @@ def run_study(study: StudyConfig, out: Path, *, progress: Progress | None = None
             if lock.taken_over is not None:
                 show.note(f"{out}: taking over the lock left by {lock.taken_over.describe()}, which no longer runs")
             check_study(study)
+            remove_temporaries(out, (STUDY_FILE, RESULTS_FILE))  # of writes a killed study had begun
             removed = repair_results(out)
             if removed:
                 show.note(f"{out / RESULTS_FILE}: removed {removed} incomplete line(s) left by an interrupted "
