@@ -52,7 +52,7 @@ def test_a_config_planted_in_the_weights_file_does_not_override_the_json(tmp_pat
     model = saved(tmp_path).eval()
     planted = json.dumps(peftlab.LoRA(r=4, alpha=800, targets=["0", "1"], init="random").to_dict())
     rewrite_weights(tmp_path, lambda tensors: None, {"peftlab_config": planted})
-    with pytest.warns(peftlab.AdapterFileWarning, match="disagrees with .*adapter_config.json; the copy is ignored"):
+    with pytest.warns(peftlab.AdapterFileWarning, match="disagrees with .*adapter_config.json; the copy was ignored"):
         ours = peftlab.load(small_base(), tmp_path).eval()
     assert ours.configs["default"].alpha == 8
     hf = PeftModel.from_pretrained(small_base(), tmp_path).eval()
@@ -197,3 +197,13 @@ def test_a_hugging_face_folder_loads_without_any_peftlab_record(tmp_path: Path) 
     hf.save_pretrained(tmp_path)
     ours = peftlab.load(tiny_llama(), tmp_path)
     assert ours.configs["default"].r == 4
+
+
+def test_a_planted_copy_with_an_absurd_size_is_ignored_not_obeyed(tmp_path: Path) -> None:
+    model = saved(tmp_path).eval()
+    planted = json.dumps(peftlab.LoRA(r=10**9, alpha=8, targets=["0", "1"]).to_dict())
+    rewrite_weights(tmp_path, lambda tensors: None, {"peftlab_config": planted})
+    with pytest.warns(peftlab.AdapterFileWarning, match="the copy was ignored"):
+        ours = peftlab.load(small_base(), tmp_path).eval()
+    with torch.no_grad():
+        torch.testing.assert_close(ours(X), model(X), atol=0, rtol=0)

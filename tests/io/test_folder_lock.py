@@ -55,8 +55,8 @@ def test_a_lock_held_from_another_host_is_refused_with_the_way_out(tmp_path: Pat
     monkeypatch.setattr(folder_lock, "fcntl", None)
     note = folder_lock.LockHolder(pid=1, host="elsewhere", since="2025-01-01T00:00:00+00:00", purpose="a study")
     (tmp_path / LOCK_NAME).write_text(note.to_text())
-    with pytest.raises(FolderInUseError, match=rf"process 1 on host elsewhere.*If it no longer runs \(e.g. on host "
-                                               rf"elsewhere, which cannot be checked from here\), delete "
+    with pytest.raises(FolderInUseError, match=rf"process 1 on host elsewhere.*If it no longer runs on host "
+                                               rf"elsewhere \(which cannot be checked from here\), delete "
                                                rf"{tmp_path / LOCK_NAME}"):
         folder_lock.FolderLock(tmp_path, "the second").acquire()
 

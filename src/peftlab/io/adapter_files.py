@@ -142,8 +142,6 @@ def read_adapter_folder(folder: Path) -> AdapterFolder:
     config = _config_from_file(data, config_file)
     check_sizes(config, header, config_file, weights_file)
     saved = _saved_config(header, type(config)) if source is ConfigSource.CONFIRMED else None
-    if saved is not None:
-        check_sizes(saved, header, weights_file, weights_file)
     return AdapterFolder(config_file, weights_file, data, config, source, saved, header)
 
 
@@ -203,17 +201,29 @@ def load_adapter_into(model: AdaptedModel, folder: Path, name: str, allow_non_fl
     contents = read_adapter_folder(folder)
     if contents.source is ConfigSource.EDITED:
         warn_caller(f"{contents.config_file} was edited after peftlab saved this folder; it is read as it stands, "
-                      "as Hugging Face PEFT reads it")
-    if contents.saved_config is not None:
-        _build(model, name, contents, contents.saved_config)
-        if _writes_same_config(model, name, contents.data):
-            _fill(model, name, contents, allow_non_float, allow_non_finite)
-            return
-        model.delete_adapter(name)
-        warn_caller(f"the config copy in {contents.weights_file} disagrees with {contents.config_file}; the copy is "
-                      "ignored and adapter_config.json read")
+                    "as Hugging Face PEFT reads it")
+    if contents.saved_config is not None and _built_from_copy(model, name, contents):
+        _fill(model, name, contents, allow_non_float, allow_non_finite)
+        return
     _build(model, name, contents, _present_modules_to_save(contents.config, model.base_model))
     _fill(model, name, contents, allow_non_float, allow_non_finite)
+    if contents.saved_config is not None:
+        warn_caller(f"the config copy in {contents.weights_file} disagrees with {contents.config_file}; the copy was "
+                    "ignored and adapter_config.json read")
+
+
+def _built_from_copy(model: AdaptedModel, name: str, contents: AdapterFolder) -> bool:
+    """Add the adapter from the config copy in the weights file; True when it writes exactly the adapter_config.json
+    on disk again, else nothing is left added."""
+    try:
+        check_sizes(contents.saved_config, contents.header, contents.weights_file, contents.weights_file)
+        _build(model, name, contents, contents.saved_config)
+    except AdapterLoadError:
+        return False
+    if _writes_same_config(model, name, contents.data):
+        return True
+    model.delete_adapter(name)
+    return False
 
 
 def _build(model: AdaptedModel, name: str, contents: AdapterFolder, config: MethodConfig) -> None:

@@ -166,15 +166,18 @@ class FolderLock:
 
     def _in_use_message(self, holder: LockHolder | None) -> str:
         if holder is None:
-            who = "another process (it has not written its name yet)"
+            return (f"{self.folder} is in use by another process (it has not written its name yet): wait for it to "
+                    f"finish, or stop it; if no process uses the folder, delete {self.path}")
+        running = holder.running()
+        if running is None:
+            hint = (f"wait for it to finish, or stop it. If it no longer runs on host {holder.host} (which cannot be "
+                    f"checked from here), delete {self.path}")
+        elif running:
+            hint = f"wait for it to finish, or stop it (process {holder.pid})"
         else:
-            who = holder.describe()
-            if holder.running() is False:
-                who += "; that process has ended, but a process it started still holds the lock"
-        hint = (f"wait for it to finish, or stop it. If it no longer runs (e.g. on host "
-                f"{holder.host}, which cannot be checked from here), delete {self.path}") if holder else \
-            f"wait for it to finish, or stop it; if no process uses the folder, delete {self.path}"
-        return f"{self.folder} is in use by {who}: {hint}"
+            hint = ("that process has ended, but a process it started still holds the lock; stop that one, or wait "
+                    "for it")
+        return f"{self.folder} is in use by {holder.describe()}: {hint}"
 
     def release(self) -> None:
         fd, self._fd = self._fd, None
