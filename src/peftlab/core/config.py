@@ -91,7 +91,7 @@ class MethodConfig:
     # offer `factors()` -> (A, B) and `scaling`); otherwise only a weighted average of identical-config adapters.
     combines_low_rank: ClassVar[bool] = False
     # Fields whose values become tensor dimensions (ints, or dicts of ints such as LoRA's rank_pattern): a load checks
-    # them against the adapter file's tensor shapes before it builds anything.
+    # them (see `sizes`) against the adapter file's tensor shapes before it builds anything.
     size_fields: ClassVar[tuple[str, ...]] = ()
 
     targets: TargetSpec = None
@@ -158,6 +158,19 @@ class MethodConfig:
     def build_model_adapter(self, model: nn.Module) -> nn.Module | None:
         """An optional model-level adapter (see core.layer.ModelAdapter): input-side methods put their tensors here."""
         return None
+
+    def sizes(self, model: nn.Module) -> dict[str, int]:
+        """The tensor dimensions this config asks for on `model`, named for messages: the values of `size_fields`
+        ("r", "rank_pattern['q_proj']"). A method that derives a size from another field (a bottleneck width from a
+        reduction factor) adds it. Computing them allocates nothing."""
+        out: dict[str, int] = {}
+        for name in self.size_fields:
+            value = getattr(self, name)
+            if isinstance(value, Mapping):
+                out.update({f"{name}[{key!r}]": size for key, size in value.items()})
+            elif value is not None:
+                out[name] = value
+        return out
 
     def select_sites(self, model: nn.Module) -> dict[str, nn.Module]:
         """The modules this method adapts, by path. The default is the core's target selection over `targets`."""

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import contextlib
 import functools
-from collections.abc import Callable, Iterable, Iterator, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -111,24 +111,20 @@ class AdaptedModel(nn.Module):
         saved = self._resolve_saved(config)
         shared = config.build_model_adapter(base)
         placed: dict[str, str] = {}
+        if shared is not None:
+            self.model_adapters[adapter_name] = shared.train(base.training)
+            self._ensure_hook()
         builders: list[tuple[str, Sequence[str], Callable[[nn.Module, str], nn.Module]]] = [
             ("method", list(sites), lambda module, path: config.build_site(module, path, shared)),
             ("bias", list(config.bias_only_sites(base, sites)),
              lambda module, path: BiasDelta(module, absolute_in_files=True)),
             ("saved", saved, lambda module, path: CopySite(module))]
-        try:
-            if shared is not None:
-                self.model_adapters[adapter_name] = shared.train(base.training)
-                self._ensure_hook()
-            for kind, paths, build in builders:
-                for path in paths:
-                    layer = attach.wrap(base, path)
-                    placed[path] = kind
-                    site = attach.place_like(build(layer.base_layer, path), layer.base_layer)
-                    layer.adapters[adapter_name] = site.train(layer.base_layer.training)
-        except BaseException:  # a site that failed to build: remove what was placed, so the model is as it was
-            self._remove_sites(adapter_name, placed)
-            raise
+        for kind, paths, build in builders:
+            for path in paths:
+                layer = attach.wrap(base, path)
+                site = attach.place_like(build(layer.base_layer, path), layer.base_layer)
+                layer.adapters[adapter_name] = site.train(layer.base_layer.training)
+                placed[path] = kind
         self.configs[adapter_name] = config
         self._sites[adapter_name] = placed
         self.set_adapter(self._active or (adapter_name,))
@@ -198,22 +194,17 @@ class AdaptedModel(nn.Module):
         self._require(adapter_name)
         if adapter_name in self.merged_adapters:
             raise AdapterStateError(f"adapter {adapter_name!r} is merged; call unmerge() before deleting it")
-        self._remove_sites(adapter_name, self._sites.pop(adapter_name))
+        for path in self._sites.pop(adapter_name):
+            layer: AdaptedLayer = self.base_model.get_submodule(path)
+            del layer.adapters[adapter_name]
+            if not len(layer.adapters):
+                attach.unwrap(self.base_model, path)
+        if adapter_name in self.model_adapters:
+            del self.model_adapters[adapter_name]
         del self.configs[adapter_name]
         remaining = tuple(n for n in self._active if n != adapter_name)
         self._active = remaining or ((self.adapters[0],) if self.adapters else ())
         self._refresh()
-
-    def _remove_sites(self, adapter_name: str, paths: Iterable[str]) -> None:
-        """Take the adapter's sites (and model-level adapter) out; layers left without adapters are unwrapped."""
-        for path in paths:
-            layer = self.base_model.get_submodule(path)
-            if isinstance(layer, AdaptedLayer) and adapter_name in layer.adapters:
-                del layer.adapters[adapter_name]
-            if isinstance(layer, AdaptedLayer) and not len(layer.adapters):
-                attach.unwrap(self.base_model, path)
-        if adapter_name in self.model_adapters:
-            del self.model_adapters[adapter_name]
 
     def add_weighted_adapter(self, adapters: Sequence[str], weights: Sequence[float], adapter_name: str,
                              combination_type: str | None = None, svd_rank: int | None = None,

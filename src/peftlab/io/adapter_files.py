@@ -32,16 +32,7 @@ from peftlab.core.targets import AUTO_SAVED_HEADS, stores_weight_transposed
 from peftlab.errors import AdapterLoadError, AdapterSaveError, ConfigError, PeftlabError, warn_caller
 from peftlab.io.adapter_commit import AdapterFiles, ConfigSource, config_source, write_adapter_folders
 from peftlab.io.adapter_folder import WEIGHTS_NAME, config_digest, find_adapter_files, read_config_json
-from peftlab.io.tensor_checks import (
-    AllocationLimit,
-    TensorHeader,
-    check_kinds,
-    check_sizes,
-    describe_keys,
-    largest_numel,
-    non_finite,
-    read_header,
-)
+from peftlab.io.tensor_checks import TensorHeader, check_kinds, check_sizes, describe_keys, non_finite, read_header
 
 if TYPE_CHECKING:
     from peftlab.core.model import AdaptedModel
@@ -140,7 +131,6 @@ def read_adapter_folder(folder: Path) -> AdapterFolder:
     header = read_header(weights_file)
     source = config_source(data, header.metadata, config_file, weights_file)
     config = _config_from_file(data, config_file)
-    check_sizes(config, header, config_file, weights_file)
     saved = _saved_config(header, type(config)) if source is ConfigSource.CONFIRMED else None
     return AdapterFolder(config_file, weights_file, data, config, source, saved, header)
 
@@ -194,10 +184,9 @@ def load_adapter_into(model: AdaptedModel, folder: Path, name: str, allow_non_fl
     The config is the one adapter_config.json describes. The copy the save kept in the weights file (the config as
     the user gave it) is used instead only when adapter_config.json is the one that save wrote and the adapter built
     from the copy would write exactly this adapter_config.json again; otherwise it is ignored, with a warning.
-    Before building anything, the config's sizes are checked against the file's tensor shapes, and while building no
-    tensor may outgrow the largest of the file or the model. A file tensor of another kind (integer or bool where
-    the adapter holds floats) or holding NaN or infinity is refused unless `allow_non_float` / `allow_non_finite`
-    (then loaded, cast to float, with a warning)."""
+    Before building anything, the sizes the config asks for are checked against the file's tensor shapes. A file
+    tensor of another kind (integer or bool where the adapter holds floats) or holding NaN or infinity is refused
+    unless `allow_non_float` / `allow_non_finite` (then loaded, cast to float, with a warning)."""
     contents = read_adapter_folder(folder)
     if contents.source is ConfigSource.EDITED:
         warn_caller(f"{contents.config_file} was edited after peftlab saved this folder; it is read as it stands, "
@@ -205,7 +194,7 @@ def load_adapter_into(model: AdaptedModel, folder: Path, name: str, allow_non_fl
     if contents.saved_config is not None and _built_from_copy(model, name, contents):
         _fill(model, name, contents, allow_non_float, allow_non_finite)
         return
-    _build(model, name, contents, _present_modules_to_save(contents.config, model.base_model))
+    _build(model, name, contents, _present_modules_to_save(contents.config, model.base_model), contents.config_file)
     _fill(model, name, contents, allow_non_float, allow_non_finite)
     if contents.saved_config is not None:
         warn_caller(f"the config copy in {contents.weights_file} disagrees with {contents.config_file}; the copy was "
@@ -216,8 +205,7 @@ def _built_from_copy(model: AdaptedModel, name: str, contents: AdapterFolder) ->
     """Add the adapter from the config copy in the weights file; True when it writes exactly the adapter_config.json
     on disk again, else nothing is left added."""
     try:
-        check_sizes(contents.saved_config, contents.header, contents.weights_file, contents.weights_file)
-        _build(model, name, contents, contents.saved_config)
+        _build(model, name, contents, contents.saved_config, contents.weights_file)
     except AdapterLoadError:
         return False
     if _writes_same_config(model, name, contents.data):
@@ -226,11 +214,11 @@ def _built_from_copy(model: AdaptedModel, name: str, contents: AdapterFolder) ->
     return False
 
 
-def _build(model: AdaptedModel, name: str, contents: AdapterFolder, config: MethodConfig) -> None:
-    """Add the adapter's sites, with no tensor larger than the largest of the file or the model."""
+def _build(model: AdaptedModel, name: str, contents: AdapterFolder, config: MethodConfig, source: Path) -> None:
+    """Check the sizes `config` (read from `source`) asks for against the file's header, then add its sites."""
     try:
-        with AllocationLimit(largest_numel(contents.header, model.base_model), contents.config_file):
-            model.add_adapter(name, config)
+        check_sizes(config, model.base_model, contents.header, source, contents.weights_file)
+        model.add_adapter(name, config)
     except PeftlabError as err:
         if isinstance(err, AdapterLoadError):
             raise

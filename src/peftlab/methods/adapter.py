@@ -112,6 +112,14 @@ class Adapter(MethodConfig):
     def supports(self, module: nn.Module) -> bool:
         return isinstance(module, (*linear_types(), nn.Conv1d, nn.Conv2d, nn.Conv3d))
 
+    def sizes(self, model: nn.Module) -> dict[str, int]:
+        if self.reduction_factor is None:
+            return super().sizes(model)
+        taps = self._taps() if self.placement == "parallel" else ()
+        return {f"bottleneck at {path!r} (its {output_features(module)} features // reduction_factor)":
+                self.size(output_features(module))
+                for path, module in self.select_sites(model).items() if not (taps and name_matches(path, taps))}
+
     def _targets(self) -> TargetSpec:
         if self.targets is not None:
             return self.targets
