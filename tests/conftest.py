@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import multiprocessing
 from collections.abc import Iterator
 
 import pytest
@@ -16,3 +17,12 @@ def _one_thread() -> Iterator[None]:
     torch.set_num_threads(1)
     yield
     torch.set_num_threads(threads)
+
+
+@pytest.fixture(scope="session")
+def forked() -> multiprocessing.context.BaseContext:
+    """Real child processes, forked from a server that has imported tests.io.children (and so torch and peftlab)
+    once; a fresh interpreter per child would cost seconds each."""
+    context = multiprocessing.get_context("forkserver")
+    context.set_forkserver_preload(["tests.io.children"])
+    return context

@@ -13,6 +13,7 @@ from peftlab.core.typology import AttachKind, MethodCard
 from peftlab.core.view import AdapterView
 from peftlab.errors import (
     AdapterCombineError,
+    AdapterFileWarning,
     AdapterLoadError,
     AdapterSaveError,
     AdapterStateError,
@@ -47,6 +48,7 @@ __all__ = [
     "AdaptedModel",
     "Adapter",
     "AdapterCombineError",
+    "AdapterFileWarning",
     "AdapterLoadError",
     "AdapterPool",
     "AdapterSaveError",

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import argparse
-import json
 import sys
 from collections.abc import Sequence
 
@@ -24,22 +23,21 @@ def _methods(args: argparse.Namespace) -> int:
 def _info(args: argparse.Namespace) -> int:
     from pathlib import Path
 
-    from peftlab.io.adapter_files import read_adapter_config
+    from peftlab.io.adapter_files import read_adapter_folder
 
-    folder = Path(args.path)
-    config = read_adapter_config(folder)
+    folder = read_adapter_folder(Path(args.path))
+    config = folder.config
     card = type(config).card
     print(f"{card.name} ({card.id}, {card.kind.value}, mergeable: {'yes' if card.mergeable else 'no'})")
+    print(f"config read from {folder.source.value}")
     for key, value in config.to_dict().items():
         print(f"  {key}: {value}")
-    # The config above is as the user gave it (targets=None: the method's default); the file names what it adapts.
-    written = json.loads((folder / "adapter_config.json").read_text(encoding="utf-8"))
-    sites, saved = written.get("target_modules"), written.get("modules_to_save")
+    sites, saved = folder.data.get("target_modules"), folder.data.get("modules_to_save")
     if isinstance(sites, list):
-        shown = ", ".join(sites[:6]) + (f", ... ({len(sites) - 6} more)" if len(sites) > 6 else "")
+        shown = ", ".join(map(str, sites[:6])) + (f", ... ({len(sites) - 6} more)" if len(sites) > 6 else "")
         print(f"adapted modules in this folder ({len(sites)}): {shown}")
-    if saved:
-        print(f"trained in full (modules_to_save): {', '.join(saved)}")
+    if isinstance(saved, list) and saved:
+        print(f"trained in full (modules_to_save): {', '.join(map(str, saved))}")
     return 0
 
 

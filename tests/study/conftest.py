@@ -12,11 +12,16 @@ import pytest
 from peftlab.study.cli import add_subcommands
 
 
-def run_cli(*argv: str) -> int:
-    """Parse `argv` the way `peftlab` does (subcommands from peftlab.study.cli) and run the command."""
+def parse(*argv: str) -> argparse.Namespace:
+    """Parse `argv` the way `peftlab` does (subcommands from peftlab.study.cli)."""
     parser = argparse.ArgumentParser(prog="peftlab")
     add_subcommands(parser.add_subparsers(dest="command", required=True))
-    args = parser.parse_args(list(argv))
+    return parser.parse_args(list(argv))
+
+
+def run_cli(*argv: str) -> int:
+    """Run the command `argv` as `peftlab` would."""
+    args = parse(*argv)
     return args.func(args)
 
 

@@ -4,7 +4,6 @@ class comes from the first adapter's task_type (Hugging Face PEFT's field), as H
 
 from __future__ import annotations
 
-import json
 from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
@@ -13,6 +12,7 @@ from torch import nn
 
 from peftlab.core.model import AdaptedModel, load
 from peftlab.errors import AdapterCombineError, AdapterLoadError
+from peftlab.io.adapter_folder import CONFIG_NAME, read_config_json
 
 AUTO_CLASSES = {"CAUSAL_LM": "AutoModelForCausalLM", "SEQ_CLS": "AutoModelForSequenceClassification",
                 "TOKEN_CLS": "AutoModelForTokenClassification", "QUESTION_ANS": "AutoModelForQuestionAnswering",
@@ -24,8 +24,8 @@ def load_base(base: Path, adapter: Path) -> nn.Module:
     if not (base / "config.json").is_file():
         raise AdapterLoadError(f"{base} is not a transformers model folder (no config.json); pass the folder the "
                                "adapters were trained on, e.g. one written by model.save_pretrained")
-    config_file = adapter / "adapter_config.json"
-    task = json.loads(config_file.read_text(encoding="utf-8")).get("task_type") if config_file.is_file() else None
+    config_file = adapter / CONFIG_NAME
+    task = read_config_json(config_file).get("task_type") if config_file.is_file() else None
     if task not in AUTO_CLASSES:
         raise AdapterLoadError(f"{config_file}: task_type {task!r} names no model class peftlab knows "
                                f"({', '.join(str(t) for t in AUTO_CLASSES if t)})")

@@ -98,6 +98,9 @@ class MethodConfig:
     # one peftlab's own layout (io/formats.NativeFormat).
     file_format: ClassVar[FileFormat]
     default_targets: ClassVar[TargetSpec] = None
+    # Fields whose values become tensor dimensions (ints, or dicts of ints such as LoRA's rank_pattern): a load checks
+    # them (see `sizes`) against the adapter file's tensor shapes before it builds anything.
+    size_fields: ClassVar[tuple[str, ...]] = ()
 
     targets: TargetSpec = None
     target_types: tuple[str, ...] = ()
@@ -168,6 +171,19 @@ class MethodConfig:
         """An optional model-level adapter (core.sites.ModelAdapter), given the modules `select_sites` chose:
         input-side methods put their tensors here, and sites may share state through it."""
         return None
+
+    def sizes(self, model: nn.Module) -> dict[str, int]:
+        """The tensor dimensions this config asks for on `model`, named for messages: the values of `size_fields`
+        ("r", "rank_pattern['q_proj']"). A method that derives a size from another field (a bottleneck width from a
+        reduction factor) adds it. Computing them allocates nothing."""
+        out: dict[str, int] = {}
+        for name in self.size_fields:
+            value = getattr(self, name)
+            if isinstance(value, Mapping):
+                out.update({f"{name}[{key!r}]": size for key, size in value.items()})
+            elif value is not None:
+                out[name] = value
+        return out
 
     def select_sites(self, model: nn.Module) -> dict[str, nn.Module]:
         """The modules this method adapts, by path. The default is the core's target selection over `targets`."""

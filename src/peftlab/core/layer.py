@@ -60,6 +60,8 @@ class AdaptedLayer(nn.Module):
         self.merged: list[str] = []
         self._chain: tuple[nn.Module, ...] = ()
         self._stacks = StackCache()
+        # (len(merged) when kept, the base module's tensors then): kept by merge(keep_original=True) for unmerge
+        self._original: tuple[int, dict[str, torch.Tensor]] | None = None
 
     def set_active(self, names: tuple[str, ...]) -> None:
         """Run the adapters `names` (in order, first outermost) that live here and are not merged."""
@@ -90,21 +92,31 @@ class AdaptedLayer(nn.Module):
         return steps[0](x, BaseCall(self.base_layer, args, kwargs, steps[1:], call))
 
     # --- merging ------------------------------------------------------------------------------------------------
-    def merge(self, name: str) -> None:
+    def merge(self, name: str, keep_original: bool = False) -> None:
+        """Fold adapter `name` into the base module's weights. `keep_original`: first keep a copy of the base
+        module's tensors (unless one is kept already), which `unmerge` restores bit for bit."""
         adapter = self.adapters[name]
         if name in self.merged:
             return
         if not isinstance(adapter, MergeableSite):
             raise AdapterStateError(f"adapter {name!r} ({type(adapter).__name__}) cannot be merged into the base "
                                     "weights; keep it unmerged, or call unload() to drop it")
+        if keep_original and self._original is None:
+            kept = {k: v.detach().clone() for k, v in self.base_layer.state_dict().items()}
+            self._original = (len(self.merged), kept)
         with torch.no_grad():
             adapter.merge(self.base_layer)
         self.merged.append(name)
 
     def unmerge(self) -> None:
+        """Undo the merges, last first: each adapter subtracts (or divides out) its update, which restores the base
+        weights up to rounding; back at a kept copy, the tensors are restored from it exactly."""
         with torch.no_grad():
             while self.merged:
                 self.adapters[self.merged.pop()].unmerge(self.base_layer)
+                if self._original is not None and len(self.merged) == self._original[0]:
+                    self.base_layer.load_state_dict(self._original[1])
+                    self._original = None
 
     def __getattr__(self, name: str) -> Any:
         try:

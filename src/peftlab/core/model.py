@@ -26,8 +26,8 @@ from peftlab.core.routing import Routing, per_sample, per_token, routed
 from peftlab.core.sites import ModelAdapter, Site, SiteRole
 from peftlab.core.targets import saved_module_paths
 from peftlab.core.view import AdapterView, SiteEntry
-from peftlab.errors import AdapterSaveError, AdapterStateError, ContractError
-from peftlab.io.adapter_files import load_adapter_into, save_adapter
+from peftlab.errors import AdapterStateError, ContractError
+from peftlab.io.adapter_files import load_adapter_into, save_adapters
 
 
 class AdaptedModel(nn.Module):
@@ -410,11 +410,14 @@ class AdaptedModel(nn.Module):
             merged += [n for n in layer.merged if n not in merged]
         return merged
 
-    def merge_adapter(self, adapter_names: str | Sequence[str] | None = None) -> None:
+    def merge_adapter(self, adapter_names: str | Sequence[str] | None = None, *, exact_unmerge: bool = False) -> None:
         """Fold adapters (default: the active ones) into the base weights, in place; `unmerge()` undoes it.
 
         Stacked adapters fold innermost first (the last active one first), so the merged model computes what the
         unmerged stack did. A stack that no fold order reproduces is refused (core/merge_plan.py).
+        `unmerge()` subtracts (or divides out) each update again, which restores the base weights up to rounding
+        (the bound is in docs/api.md). With `exact_unmerge=True` each merged module's tensors are copied first, and
+        `unmerge()` restores them bit for bit; the copies take the memory of those tensors until then.
         """
         names = as_names(adapter_names) if adapter_names is not None else self._active
         base = self.get_base_model()
@@ -424,7 +427,7 @@ class AdaptedModel(nn.Module):
             check_stack(layers[path], self._active, set(names), path)
         for name in innermost_first(names, self._active):
             for path in self._sites[name]:
-                layers[path].merge(name)
+                layers[path].merge(name, keep_original=exact_unmerge)
         self._refresh()
 
     def unmerge(self) -> None:
@@ -480,26 +483,29 @@ class AdaptedModel(nn.Module):
         return "\n".join(lines)
 
     # --- files --------------------------------------------------------------------------------------------------
-    def save(self, path: str | Path, adapter_names: str | Sequence[str] | None = None) -> None:
+    def save(self, path: str | Path, adapter_names: str | Sequence[str] | None = None, *,
+             allow_non_finite: bool = False) -> None:
         """Write each adapter as adapter_config.json + adapter_model.safetensors (Hugging Face PEFT layout).
 
-        The adapter named "default" goes to `path` itself, others to `path/<name>/`, as Hugging Face PEFT does.
+        The adapter named "default" goes to `path` itself, others to `path/<name>/`, as Hugging Face PEFT does. Each
+        folder is written as a unit: a reader sees the old adapter or the new one, never a mix, and a save that fails
+        (or finds NaN/infinite values, unless `allow_non_finite`) writes nothing. Other files and subfolders in `path`
+        are left alone.
         """
-        path = Path(path)
-        blocking = next((p for p in (path, *path.parents) if p.exists()), None)
-        if blocking is not None and not blocking.is_dir():
-            raise AdapterSaveError(f"cannot save adapters to {path}: {blocking} is a file; pass a folder path (it "
-                                   "is created if missing)")
-        for name in as_names(adapter_names) if adapter_names is not None else self.adapters:
-            save_adapter(self.adapter(name), path if name == "default" else path / name)
+        names = as_names(adapter_names) if adapter_names is not None else tuple(self.adapters)
+        save_adapters([self.adapter(name) for name in names], Path(path), allow_non_finite)
 
     def save_pretrained(self, save_directory: str | Path, **_: Any) -> None:
         """Alias of `save` for code written against Hugging Face PEFT."""
         self.save(save_directory)
 
-    def load_adapter(self, path: str | Path, adapter_name: str = "default") -> None:
-        """Read an adapter folder (ours or Hugging Face PEFT's) and add it under `adapter_name`."""
-        load_adapter_into(self, Path(path), adapter_name)
+    def load_adapter(self, path: str | Path, adapter_name: str = "default", *, allow_non_float: bool = False,
+                     allow_non_finite: bool = False) -> None:
+        """Read an adapter folder (ours or Hugging Face PEFT's) and add it under `adapter_name`.
+
+        Tensors of another kind than the adapter holds (integer or bool for floats) or holding NaN/infinity are
+        refused unless `allow_non_float` / `allow_non_finite` (then loaded with a warning)."""
+        load_adapter_into(self, Path(path), adapter_name, allow_non_float, allow_non_finite)
 
     def __reduce_ex__(self, protocol: Any) -> tuple:
         """Pickling (torch.save(model), multiprocessing): the class made for the base class is rebuilt on load."""
@@ -573,9 +579,12 @@ def adapt(model: nn.Module, config: MethodConfig, adapter_name: str = "default")
     return _attach(model, "adapt", lambda adapted: adapted.add_adapter(adapter_name, config))
 
 
-def load(model: nn.Module, path: str | Path, adapter_name: str = "default") -> AdaptedModel:
-    """Attach the adapter stored at `path` (peftlab or Hugging Face PEFT files) to `model`."""
-    return _attach(model, "load", lambda adapted: adapted.load_adapter(path, adapter_name))
+def load(model: nn.Module, path: str | Path, adapter_name: str = "default", *, allow_non_float: bool = False,
+         allow_non_finite: bool = False) -> AdaptedModel:
+    """Attach the adapter stored at `path` (peftlab or Hugging Face PEFT files) to `model` (options: see
+    `AdaptedModel.load_adapter`)."""
+    return _attach(model, "load", lambda adapted: adapted.load_adapter(
+        path, adapter_name, allow_non_float=allow_non_float, allow_non_finite=allow_non_finite))
 
 
 __all__ = ["AdaptedModel", "adapt", "load"]

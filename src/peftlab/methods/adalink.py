@@ -38,6 +38,7 @@ class AdaLink(MethodConfig):
         form="low-rank", integration="scaled addition (residual)", param_formula="2·r·d", mergeable=True,
         paper="Wang et al. 2023", symbols="r: rank, d: the embedding size")
     study_lr: ClassVar[float] = 1e-2
+    size_fields: ClassVar[tuple[str, ...]] = ("r",)
 
     r: int = 8
     alpha: float = 8.0

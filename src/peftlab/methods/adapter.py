@@ -68,6 +68,7 @@ class Adapter(MethodConfig):
         paper="Houlsby et al. 2019; Pfeiffer et al. 2021; Chen et al. 2022",
         symbols="d: the site's output features (channels); m: the bottleneck size")
     study_lr: ClassVar[float] = 3e-3
+    size_fields: ClassVar[tuple[str, ...]] = ("bottleneck",)
 
     bottleneck: int | None = None
     reduction_factor: float | None = None
@@ -111,6 +112,14 @@ class Adapter(MethodConfig):
 
     def supports(self, module: nn.Module) -> bool:
         return isinstance(module, (*linear_types(), nn.Conv1d, nn.Conv2d, nn.Conv3d))
+
+    def sizes(self, model: nn.Module) -> dict[str, int]:
+        if self.reduction_factor is None:
+            return super().sizes(model)
+        taps = self._taps() if self.placement == "parallel" else ()
+        return {f"bottleneck at {path!r} (its {output_features(module)} features // reduction_factor)":
+                self.size(output_features(module))
+                for path, module in self.select_sites(model).items() if not (taps and name_matches(path, taps))}
 
     def _targets(self) -> TargetSpec:
         if self.targets is not None:

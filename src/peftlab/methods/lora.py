@@ -66,6 +66,7 @@ class LoRA(MethodConfig):
     study_lr: ClassVar[float] = 5e-3
     site_types: ClassVar[tuple] = ()  # set below the site classes
     default_targets: ClassVar = DEFAULT_LORA_TARGETS
+    size_fields: ClassVar[tuple[str, ...]] = ("r", "rank_pattern")
 
     r: int = 8
     alpha: float = 8.0
@@ -463,8 +464,8 @@ class LoraFormat(FileFormat):
         fields = dict(
             targets=targets, r=data.get("r", 8), alpha=data.get("lora_alpha", 8.0),  # types: checked by the config
             dropout=data.get("lora_dropout", 0.0), bias=data.get("bias", "none"),
-            use_rslora=bool(data.get("use_rslora", False)), rank_pattern=dict(data.get("rank_pattern") or {}),
-            alpha_pattern=dict(data.get("alpha_pattern") or {}),
+            use_rslora=bool(data.get("use_rslora", False)), rank_pattern=data.get("rank_pattern") or {},
+            alpha_pattern=data.get("alpha_pattern") or {},
             fan_in_fan_out=bool(data.get("fan_in_fan_out")) or None,
             init={"gaussian": "gaussian", False: "random"}.get(init, "default"),
             modules_to_save=tuple(data["modules_to_save"]) if data.get("modules_to_save") else (),

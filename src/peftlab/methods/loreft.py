@@ -55,6 +55,7 @@ class LoReFT(MethodConfig):
         param_formula="2·r·d + r", mergeable=False, paper="Wu et al. 2024", symbols="r: rank, d: hidden size")
     study_lr: ClassVar[float] = 5e-3
     default_targets: ClassVar = BLOCKS
+    size_fields: ClassVar[tuple[str, ...]] = ("r",)
 
     r: int = 4
     positions: str = "f1+l1"

@@ -63,6 +63,7 @@ class PrefixTuning(MethodConfig):
         symbols="n: virtual tokens, L: layers, d_kv: key/value width (heads × head size); with reparameterize, while "
                 "training: n·d_kv + (d_kv + 1)·h + (h + 1)·2·L·d_kv")
     study_lr: ClassVar[float] = 3e-2
+    size_fields: ClassVar[tuple[str, ...]] = ("num_virtual_tokens", "hidden")
 
     num_virtual_tokens: int = 20
     reparameterize: bool = False

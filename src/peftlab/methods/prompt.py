@@ -62,6 +62,7 @@ class PromptTuning(MethodConfig):
         form="prompt matrix", integration="concatenation", param_formula="n·d", mergeable=False,
         paper="Lester et al. 2021", symbols="n: virtual tokens, d: the embedding size")
     study_lr: ClassVar[float] = 3e-2
+    size_fields: ClassVar[tuple[str, ...]] = ("num_virtual_tokens",)
 
     num_virtual_tokens: int = 20
     init: str = "random"

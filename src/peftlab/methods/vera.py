@@ -52,6 +52,8 @@ class VeRA(MethodConfig):
     study_lr: ClassVar[float] = 1e-2
     default_targets: ClassVar = DEFAULT_LORA_TARGETS
 
+    size_fields: ClassVar[tuple[str, ...]] = ("r",)
+
     r: int = 256
     dropout: float = 0.0
     d_initial: float = 0.1

@@ -24,7 +24,7 @@ from torch import nn
 from peftlab.core.model import AdaptedModel, adapted_class
 from peftlab.core.routing import BASE
 from peftlab.errors import AdapterLoadError, AdapterStateError
-from peftlab.io.adapter_files import CONFIG_NAME
+from peftlab.io.adapter_folder import CONFIG_NAME
 
 
 @dataclasses.dataclass

@@ -17,6 +17,7 @@ class Progress(Protocol):
     def run_event(self, event: dict[str, Any]) -> None: ...
     def run_finished(self, record: dict[str, Any]) -> None: ...
     def close(self) -> None: ...
+    def note(self, message: str) -> None: ...
 
 
 class TqdmProgress:
@@ -73,6 +74,10 @@ class TqdmProgress:
         self.overall.write(line)
         self.overall.set_postfix(failed=self.failed, refresh=False)
         self.overall.update(1)
+
+    def note(self, message: str) -> None:
+        """A line for the user about the study folder (a lock taken over, a results file repaired)."""
+        tqdm.write(message)
 
     def close(self) -> None:
         for bar in (self.current, self.overall):

@@ -32,21 +32,43 @@ def append_record(out: Path, record: dict[str, Any]) -> None:
 
 
 def load_records(out: Path) -> list[dict[str, Any]]:
-    """Every record of the results file (a torn last line from a crash is skipped); later records of the same
-    run id replace earlier ones."""
+    """Every record of the results file (a line that is not a complete record, e.g. a write cut off by a crash, is
+    skipped; `repair_results` removes it); later records of the same run id replace earlier ones."""
     path = out / RESULTS_FILE
     if not path.exists():
         return []
     by_id: dict[str, dict[str, Any]] = {}
-    for line in path.read_text(encoding="utf-8").splitlines():
-        if not line.strip():
-            continue
-        try:
-            record = json.loads(line)
-        except json.JSONDecodeError:
-            continue
-        by_id[record["run_id"]] = record
+    for line in path.read_bytes().splitlines():
+        record = _record(line)
+        if record is not None:
+            by_id[record["run_id"]] = record
     return list(by_id.values())
+
+
+def repair_results(out: Path) -> int:
+    """Rewrite the results file (atomically) without its lines that are not complete records: the tail of a write
+    cut off by a crash. Returns how many were removed; their runs have no record, so a resumed study runs them again.
+    Call it holding the study folder's lock."""
+    path = out / RESULTS_FILE
+    if not path.exists():
+        return 0
+    data = path.read_bytes()
+    lines = [line for line in data.splitlines() if line.strip()]
+    complete = [line for line in lines if _record(line) is not None]
+    if len(complete) == len(lines) and (not data or data.endswith(b"\n")):
+        return 0
+    write_text_atomic(path, "".join(line.decode("utf-8") + "\n" for line in complete))
+    return len(lines) - len(complete)
+
+
+def _record(line: bytes) -> dict[str, Any] | None:
+    if not line.strip():
+        return None
+    try:
+        record = json.loads(line)
+    except ValueError:  # torn JSON, or bytes cut inside a UTF-8 character
+        return None
+    return record if isinstance(record, dict) and isinstance(record.get("run_id"), str) else None
 
 
 def save_study(out: Path, study: StudyConfig) -> None:

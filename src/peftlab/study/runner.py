@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import subprocess
@@ -12,12 +13,14 @@ from datetime import datetime, timezone
 from pathlib import Path
 from typing import Any
 
+from peftlab.io.atomic import remove_temporaries
+from peftlab.io.folder_lock import folder_lock
 from peftlab.study import events
 from peftlab.study.analysis import delta_vs_full
 from peftlab.study.plan import RunSpec, StudyConfig
 from peftlab.study.preflight import check_study
 from peftlab.study.progress import Progress, TqdmProgress
-from peftlab.study.results import append_record, load_records, save_study
+from peftlab.study.results import RESULTS_FILE, STUDY_FILE, append_record, load_records, repair_results, save_study
 from peftlab.study.worker import RESULT_FILE, SPEC_FILE, base_record
 
 RUNS_DIR = "runs"
@@ -37,15 +40,42 @@ def run_study(study: StudyConfig, out: Path, *, progress: Progress | None = None
     """Run every pending run of `study` in `out` and return all records of the study's runs.
 
     Finished runs (ok or failed) are skipped, so re-running the same command resumes an interrupted study. What
-    would fail every run alike (task, model, device, settings) raises StudyError before any run starts.
+    would fail every run alike (task, model, device, settings) raises StudyError before any run starts. The folder
+    is locked while the study runs: another study on it raises FolderInUseError at once; a lock left by a killed
+    process is taken over. A results line cut off by a crash is removed (its run runs again).
     """
-    check_study(study)
+    created = not out.exists()
     out.mkdir(parents=True, exist_ok=True)
+    show = progress or TqdmProgress()
+    try:
+        with folder_lock(out, f"a study ({_command_line()})") as lock:
+            if lock.taken_over is not None:
+                show.note(f"{out}: taking over the lock left by {lock.taken_over.describe()}, which no longer runs")
+            check_study(study)
+            remove_temporaries(out, (STUDY_FILE, RESULTS_FILE))  # of writes a killed study had begun
+            removed = repair_results(out)
+            if removed:
+                show.note(f"{out / RESULTS_FILE}: removed {removed} incomplete line(s) left by an interrupted "
+                          "write; their runs run again")
+            return _run_locked(study, out, show, retry_failed, run_timeout)
+    except BaseException:
+        if created:  # a study stopped before writing anything leaves no folder behind
+            with contextlib.suppress(OSError):
+                out.rmdir()
+        raise
+
+
+def _command_line() -> str:
+    """How this process was started, e.g. "peftlab compare --out runs/a", for the lock holder's description."""
+    return " ".join([Path(sys.argv[0]).name, *sys.argv[1:]])[:300] if sys.argv and sys.argv[0] else "python"
+
+
+def _run_locked(study: StudyConfig, out: Path, show: Progress, retry_failed: bool,
+                run_timeout: float | None) -> list[dict[str, Any]]:
     save_study(out, study)
     records = load_records(out)
     todo = pending_runs(study, records, retry_failed)
     all_runs = study.runs()
-    show = progress or TqdmProgress()
     skipped_ids = {spec.run_id for spec in all_runs} - {spec.run_id for spec in todo}
     skipped_failed = sum(r["status"] != "ok" for r in records if r["run_id"] in skipped_ids)
     show.start(total=len(all_runs), skipped=len(all_runs) - len(todo), skipped_failed=skipped_failed)

@@ -27,7 +27,8 @@ from torch import nn
 
 from peftlab.core.model import AdaptedModel
 from peftlab.errors import PeftlabError
-from peftlab.io.adapter_files import adapter_tensors, load_adapter_weights, save_adapter
+from peftlab.io.adapter_files import adapter_tensors, load_adapter_weights
+from peftlab.io.adapter_files import save_adapters as write_adapters
 from peftlab.train.config import TrainConfigError
 from peftlab.train.distributed import Parallel, full_tensors, reshard
 from peftlab.train.loop import LoopState
@@ -113,11 +114,10 @@ def save_adapters(model: AdaptedModel, folder: Path, parallel: Parallel) -> None
     """`model.save(folder)`, also under FSDP: every process takes part in gathering shards, the main one writes."""
     if parallel.strategy == "fsdp":
         reshard(model)
-    for name in model.adapters:
-        view = model.adapter(name)
-        tensors = full_tensors(adapter_tensors(view)) if parallel.strategy == "fsdp" else None
-        if parallel.is_main:
-            save_adapter(view, folder if name == "default" else folder / name, tensors=tensors)
+    views = [model.adapter(name) for name in model.adapters]
+    tensors = {v.name: full_tensors(adapter_tensors(v)) for v in views} if parallel.strategy == "fsdp" else None
+    if parallel.is_main:
+        write_adapters(views, folder, tensors=tensors)
 
 
 class Checkpointer:

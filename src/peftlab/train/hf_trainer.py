@@ -23,7 +23,7 @@ from torch import nn
 from transformers import Trainer
 
 from peftlab.core.model import AdaptedModel
-from peftlab.io.adapter_files import CONFIG_NAME
+from peftlab.io.adapter_folder import CONFIG_NAME
 from peftlab.train.checkpoint import restore_adapters
 from peftlab.train.distributed import unwrapped
 
