@@ -74,10 +74,12 @@ def main(argv: list[str] | None = None) -> int:
         rows.append((method, base, task_loss, self_loss, other_loss))
         print(f"{method}: base {base:.4f}, task {task_loss:.4f}, task − task {self_loss:.4f}, "
               f"task − other {other_loss:.4f}", file=sys.stderr, flush=True)
-    lines = [f"`{shlex.join(['python', '-m', 'benchmarks.negation', *argv])}` ({args.model}, dialogue, "
-             f"{args.steps} steps per adapter, held-out completion loss over {len(test_set)} examples)", "",
-             "| method | base | task adapter T | T stacked with −T | T stacked with −T′ (seed 1) | share of T's gain "
-             "undone by −T′ |", "|---|---|---|---|---|---|"]
+    command = shlex.join(["python", "-m", "benchmarks.negation", *argv])
+    heading = (f"`{command}` ({args.model}, dialogue, {args.steps} steps per adapter, held-out completion loss over "
+               f"{len(test_set)} examples)")
+    header = ("| method | base | task adapter T | T stacked with −T | T stacked with −T′ (seed 1) | share of T's gain "
+              "undone by −T′ |")
+    lines = [heading, "", header, "|---|---|---|---|---|---|"]
     for method, base, task_loss, self_loss, other_loss in rows:
         undone = (other_loss - task_loss) / (base - task_loss) if base != task_loss else float("nan")
         lines.append(f"| {method} | {base:.4f} | {task_loss:.4f} | {self_loss:.4f} | {other_loss:.4f} | "
