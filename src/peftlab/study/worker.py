@@ -11,6 +11,7 @@ import json
 import math
 import os
 import shutil
+import socket
 import sys
 import threading
 import time
@@ -28,6 +29,7 @@ from peftlab.study.data.split import Splits, subsample
 from peftlab.study.methods import build_config
 from peftlab.study.plan import RunSettings, RunSpec
 from peftlab.study.results import SCHEMA_VERSION
+from peftlab.study.specs import load_spec
 from peftlab.study.tasks import Task, build_task
 from peftlab.study.tasks.base import endless_batches
 from peftlab.train import (
@@ -63,14 +65,20 @@ class Phase:
         self.started = time.perf_counter()
 
 
+def now() -> str:
+    """The current UTC time, ISO 8601 to the millisecond (records of runs that overlap in time show it)."""
+    return datetime.now(timezone.utc).isoformat(timespec="milliseconds")
+
+
 def base_record(spec: RunSpec) -> dict[str, Any]:
-    """The identity part of a run's record (filled before anything can fail)."""
+    """The identity part of a run's record (filled before anything can fail); `host` and `pid` name the process
+    that filled it."""
     return {
         "schema": SCHEMA_VERSION, "run_id": spec.run_id, "status": "running", "error": None, "failed_phase": None,
-        "task": spec.task.name, "model": spec.task.model, "method": spec.method.label,
+        "task": spec.task_label, "model": spec.task.model, "method": spec.method.label,
         "method_id": spec.method.method_id, "train_size": spec.train_size, "seed": spec.seed, "lr": spec.method.lr,
         "steps": spec.settings.steps, "batch_size": spec.settings.batch_size, "max_length": spec.task.max_length,
-        "config": {"run": spec.to_dict()}, "started_at": datetime.now(timezone.utc).isoformat(timespec="seconds"),
+        "config": {"run": spec.to_dict()}, "started_at": now(), "host": socket.gethostname(), "pid": os.getpid(),
     }
 
 
@@ -91,13 +99,18 @@ def execute(spec: RunSpec, run_dir: Path) -> dict[str, Any]:
         record["wall_seconds"] = time.perf_counter() - start
         record["process_peak_rss_mb"] = process_peak_rss_mb()
         record.setdefault("peak_memory_mb", None)
-        record["finished_at"] = datetime.now(timezone.utc).isoformat(timespec="seconds")
+        record["finished_at"] = now()
     return record
 
 
 def _run(spec: RunSpec, run_dir: Path, record: dict[str, Any], phase: Phase) -> None:
     """The body of a run, phase by phase; each phase fills `record`, so a failure keeps what was measured."""
     device = _setup(spec.settings, record)
+    if not isinstance(spec, RunSpec):  # a continual-learning run: several tasks in sequence
+        from peftlab.study.continual_run import run_continual
+
+        run_continual(spec, run_dir, record, phase, device)
+        return
     phase.enter("load")
     task, splits, train_examples, base = _load(spec, record)
     phase.enter("adapt")
@@ -220,7 +233,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("run_dir", type=Path, help=f"folder holding {SPEC_FILE}; {RESULT_FILE} is written there")
     args = parser.parse_args(argv)
     exit_with_parent()
-    spec = RunSpec.from_dict(json.loads((args.run_dir / SPEC_FILE).read_text(encoding="utf-8")))
+    spec = load_spec(json.loads((args.run_dir / SPEC_FILE).read_text(encoding="utf-8")))
     record = execute(spec, args.run_dir)
     tmp = args.run_dir / (RESULT_FILE + ".tmp")
     tmp.write_text(json.dumps(record, indent=1, allow_nan=True), encoding="utf-8")
