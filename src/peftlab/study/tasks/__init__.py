@@ -5,7 +5,7 @@ from __future__ import annotations
 from collections.abc import Callable
 from pathlib import Path
 
-from peftlab.study.data import arithmetic, dialogue, files, images, text
+from peftlab.study.data import arithmetic, dialogue, files, images, molecules, text
 from peftlab.study.data.examples import LabeledData
 from peftlab.study.errors import StudyError
 from peftlab.study.tasks.base import Task, TaskSpec
@@ -30,6 +30,11 @@ def _image(spec: TaskSpec) -> Task:
                               test=400, validation=200)
 
 
+def _molecules(spec: TaskSpec) -> Task:
+    return ClassificationTask("molecules", molecules.bbb_permeability(),
+                              TextEncoder(spec.model or "rxnfp-bert", spec.max_length), spec, test=800, validation=200)
+
+
 def _dialogue(spec: TaskSpec) -> Task:
     return CausalLMTask("dialogue", dialogue.chatterbot_pairs(), spec, model_ref=spec.model or "smollm2",
                         test=200, validation=100, chat=True, metric="perplexity", curve_metric="perplexity")
@@ -42,6 +47,7 @@ def _arithmetic(spec: TaskSpec) -> Task:
 
 BUILTIN_TASKS: dict[str, Callable[[TaskSpec], Task]] = {
     "sentiment": _sentiment, "topic": _topic, "image": _image, "dialogue": _dialogue, "arithmetic": _arithmetic,
+    "molecules": _molecules,
 }
 
 
