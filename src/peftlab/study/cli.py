@@ -36,6 +36,9 @@ def add_subcommands(subparsers: argparse._SubParsersAction) -> None:
     report.add_argument("--budget", action="append", default=None, metavar="LIMIT",
                         help="override the stored budget, e.g. params=1%%, memory=2000MB, time=60s")
     report.set_defaults(func=run_report)
+    from peftlab.study import survey_cli
+
+    survey_cli.add_subcommands(subparsers)
 
 
 def _add_compare_arguments(p: argparse.ArgumentParser) -> None:

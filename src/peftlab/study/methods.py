@@ -49,6 +49,16 @@ DEFAULT_LR: dict[str, float] = {
 FALLBACK_LR = 1e-3
 
 
+def survey_method_names() -> list[str]:
+    """Every method the survey runs: the study names of SURVEY_METHODS, then each registered method whose id no
+    entry there uses (under its id, with its defaults). A method added to the table or to the registry joins the
+    survey without any other edit."""
+    import peftlab
+
+    covered = {method_id for method_id, _ in SURVEY_METHODS.values()}
+    return [*SURVEY_METHODS, *(m for m in peftlab.methods() if m not in covered)]
+
+
 @dataclasses.dataclass(frozen=True)
 class StudyMethod:
     """One method of a study: its name in tables, its registry id, config fields, and learning rate."""

@@ -120,7 +120,7 @@ def _run(spec: RunSpec, run_dir: Path, record: dict[str, Any], phase: Phase) -> 
     phase.enter("test")
     _test(task, model, splits, device, record)
     phase.enter("save")
-    _save(model, run_dir / "adapter", spec.settings.save_adapter, record)
+    save_adapter(model, run_dir / "adapter", spec.settings.save_adapter, record)
     phase.enter("latency")
     _latency(task, model, splits, device, spec.settings, bool(type(config).card.mergeable), record)
 
@@ -187,7 +187,7 @@ def _test(task: Task, model: nn.Module, splits: Splits, device: torch.device, re
         raise FloatingPointError(f"the test {task.metric} is {record['test_metric']}")
 
 
-def _save(model: Any, folder: Path, keep: bool, record: dict[str, Any]) -> None:
+def save_adapter(model: Any, folder: Path, keep: bool, record: dict[str, Any]) -> None:
     """Save the adapter (`model.save`), measure its size, and delete it unless `keep`."""
     model.save(str(folder))
     record.update(adapter_bytes=measure.folder_bytes(folder), adapter_path=str(folder) if keep else None)

@@ -30,6 +30,11 @@ def _image(spec: TaskSpec) -> Task:
                               test=400, validation=200)
 
 
+def _chat_topic(spec: TaskSpec) -> Task:
+    return ClassificationTask("chat-topic", dialogue.chatterbot_topics(),
+                              TextEncoder(spec.model or "minilm", spec.max_length), spec, test=300, validation=100)
+
+
 def _molecules(spec: TaskSpec) -> Task:
     return ClassificationTask("molecules", molecules.bbb_permeability(),
                               TextEncoder(spec.model or "rxnfp-bert", spec.max_length), spec, test=800, validation=200)
@@ -47,7 +52,7 @@ def _arithmetic(spec: TaskSpec) -> Task:
 
 BUILTIN_TASKS: dict[str, Callable[[TaskSpec], Task]] = {
     "sentiment": _sentiment, "topic": _topic, "image": _image, "dialogue": _dialogue, "arithmetic": _arithmetic,
-    "molecules": _molecules,
+    "molecules": _molecules, "chat-topic": _chat_topic,
 }
 
 
