@@ -138,7 +138,7 @@ def build_report(out: Path, budget: Sequence[str] | None = None) -> tuple[Path, 
     metric, higher = info.get("metric", "accuracy"), info.get("higher_is_better", True)
     main_size = analysis.largest_size(summaries)
     main_rows = [s for s in summaries if s.train_size == main_size]
-    blocks = _header(info, records, study) + _pending(study, records) + _tables(summaries, metric)
+    blocks = _header(info, records, study) + _pending(study, records) + size_tables(summaries, metric)
     blocks += which_method(main_rows, metric, higher, budgets)
     blocks += figures(main_rows, summaries, metric, out / "plots")
     blocks += _failures(records)
@@ -180,7 +180,7 @@ def _pending(study: Any, records: list[dict[str, Any]]) -> list[Block]:
                       f"{shown}. Run the same `peftlab compare` command again to finish the study.")]
 
 
-def _tables(summaries: Sequence[Summary], metric: str) -> list[Block]:
+def size_tables(summaries: Sequence[Summary], metric: str) -> list[Block]:
     blocks: list[Block] = []
     sizes = sorted({s.train_size for s in summaries}, key=analysis._size_key)
     for size in sizes:

@@ -53,6 +53,7 @@ class SurveyOptions:
     quick: bool
     placement_domains: tuple[str, ...]
     continual_tasks: tuple[str, ...]
+    continual_model: str | None = None
     device: str = "auto"
     threads: int | None = None
     save_adapters: bool = True
@@ -121,7 +122,7 @@ def plan_survey(options: SurveyOptions, out: Path, command: str) -> Survey:
     continual = None
     if "continual" in options.modes:
         budget = CONTINUAL_BUDGET[options.profile]
-        tasks = tuple(TaskSpec(name=name, model=options.models.get(name), max_length=DOMAINS[name].max_length
+        tasks = tuple(TaskSpec(name=name, model=options.continual_model, max_length=DOMAINS[name].max_length
                                if name in DOMAINS else 64, test_size=budget.test_size,
                                validation_size=budget.validation_size) for name in options.continual_tasks)
         study = ContinualStudy(tasks=tasks, methods=options.continual_methods, strategies=STRATEGIES,

@@ -58,6 +58,8 @@ def add_subcommands(subparsers: argparse._SubParsersAction) -> None:
     p.add_argument("--continual-tasks", default=",".join(DEFAULT_SEQUENCE),
                    help="the continual-learning task sequence (classification tasks sharing one model; "
                         "default: %(default)s)")
+    p.add_argument("--continual-model", default=None,
+                   help="the continual tasks' model (default: their own, MiniLM for the default sequence)")
     p.add_argument("--continual-methods", default=None,
                    help="methods of the continual-learning runs (default: the survey's; --quick: "
                         f"{','.join(QUICK_CONTINUAL_METHODS)})")
@@ -138,7 +140,8 @@ def options_from_args(args: argparse.Namespace) -> SurveyOptions:
         domains=tuple(DOMAINS[d] for d in domain_names), methods=_resolve(methods, lr),
         continual_methods=_resolve(continual, lr),
         seeds=tuple(range(seeds)), modes=tuple(modes), quick=args.quick, placement_domains=tuple(placement),
-        continual_tasks=tuple(_names(args.continual_tasks, DEFAULT_SEQUENCE)), device=args.device,
+        continual_tasks=tuple(_names(args.continual_tasks, DEFAULT_SEQUENCE)), continual_model=args.continual_model,
+        device=args.device,
         threads=args.threads, save_adapters=not args.no_save_adapters,
         train_sizes=parse_train_sizes(args.train_sizes) if args.train_sizes else None, steps=args.steps,
         models=_mapping(args.domain_model, "--domain-model"), data=_mapping(args.domain_data, "--domain-data"))
