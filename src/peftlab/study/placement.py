@@ -69,7 +69,7 @@ def variant_sites(sites: list[Site]) -> dict[str, list[Site]]:
     if attention and len(attention) < len(sites):
         out["attention"] = attention
         out["feed-forward"] = [s for s in sites if s.region == "feed-forward"]
-    return {name: out[name] for name in VARIANTS if name in out and out[name]}
+    return {name: out[name] for name in VARIANTS if out.get(name)}
 
 
 def placement_methods(task: Task, method: StudyMethod, base_rank: int = 8) -> list[StudyMethod]:

@@ -60,8 +60,8 @@ def rq1(domains: list[DomainResult]) -> list[str]:
         return ["No domain has results yet."]
     ranks = sorted(mean_rank(domains).items(), key=lambda kv: kv[1])
     shown = ", ".join(f"`{m}` {r:.1f}" for m, r in ranks)
-    out = [f"Over the {len(domains)} domains measured ({', '.join(d.name for d in domains)}), the mean rank of each "
-           f"method (1 = best mean test score at the domain's largest train size) is: {shown}."]
+    out = [(f"Over the {len(domains)} domains measured ({', '.join(d.name for d in domains)}), the mean rank of each "
+            f"method (1 = best mean test score at the domain's largest train size) is: {shown}.")]
     pairs = [(d, s) for d in domains for s in d.main
              if d.relative.get(s.method) is not None and s.mean("trainable_percent") and s.method_id != "full"]
     small = [(d, s) for d, s in pairs if s.mean("trainable_percent") <= 1.0]
@@ -157,8 +157,9 @@ def rq3(domains: list[DomainResult]) -> list[str]:
         return ["No domain has results yet."]
     top, count = picks.most_common(1)[0]
     on_front = ", ".join(f"`{m}` {n}" for m, n in fronts.most_common())
-    return [f"Best balance per domain (among the methods as good as the best, i.e. tied with it inside the seeds' "
-            f"spread or within 1 point (1% for other metrics), the one training the fewest parameters, then the "
-            f"lowest peak memory): {'; '.join(per_domain)}.",
-            f"`{top}` is the best balance in {count} of {len(per_domain)} domains. On the joint Pareto front of score, "
-            f"trained parameters, peak memory and training time (domains where the method is on it): {on_front}."]
+    return [(f"Best balance per domain (among the methods as good as the best, i.e. tied with it inside the seeds' "
+             f"spread or within 1 point (1% for other metrics), the one training the fewest parameters, then the "
+             f"lowest peak memory): {'; '.join(per_domain)}."),
+            (f"`{top}` is the best balance in {count} of {len(per_domain)} domains. On the joint Pareto front of "
+             f"score, trained parameters, peak memory and training time (domains where the method is on it): "
+             f"{on_front}.")]

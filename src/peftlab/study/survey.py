@@ -19,7 +19,7 @@ from pathlib import Path
 from typing import Any
 
 from peftlab.io.atomic import write_text_atomic
-from peftlab.study.continual import DEFAULT_SEQUENCE, STRATEGIES, ContinualStudy
+from peftlab.study.continual import STRATEGIES, ContinualStudy
 from peftlab.study.domains import DOMAINS, Budget, Domain
 from peftlab.study.errors import StudyError
 from peftlab.study.methods import StudyMethod
@@ -33,12 +33,13 @@ MODES = ("methods", "continual", "placement")
 # --quick: the methods the survey's claims are about (plus full fine-tuning, the reference), and a shorter
 # continual sequence with the methods Wistuba et al. compare first.
 QUICK_METHODS = ("full", "adapter-tiny", "lora", "loreft", "sparse-80", "bitfit")
-QUICK_CONTINUAL_METHODS = ("lora", "prompt", "adapter-tiny")
+QUICK_CONTINUAL_METHODS = ("lora", "prompt")
+QUICK_CONTINUAL_TASKS = ("sentiment", "topic")
 QUICK_PLACEMENT_DOMAINS = ("sentiment",)
 CONTINUAL_BUDGET = {"full": Budget(train_sizes=(1000,), steps=80, batch_size=16, test_size=300, validation_size=100,
                                    eval_every=40),
-                    "quick": Budget(train_sizes=(200,), steps=20, batch_size=16, test_size=100, validation_size=50,
-                                    eval_every=20)}
+                    "quick": Budget(train_sizes=(200,), steps=16, batch_size=8, test_size=100, validation_size=48,
+                                    eval_every=16)}
 
 
 @dataclasses.dataclass(frozen=True)
@@ -79,20 +80,22 @@ def domain_study(domain: Domain, options: SurveyOptions, methods: Sequence[Study
                  sizes: tuple[int | None, ...] | None = None) -> StudyConfig:
     """The compare study of one domain under the options' profile."""
     budget = domain.quick if options.quick else domain.full
-    task = TaskSpec(name=options.data.get(domain.name) or domain.task or "", model=options.models.get(domain.name,
-                    domain.model), max_length=domain.max_length, test_size=budget.test_size,
-                    validation_size=budget.validation_size, generation_examples=budget.generation_examples)
+    data_file = options.data.get(domain.name)  # held-out sizes of a data file: the file task's own (10% each)
+    task = TaskSpec(name=data_file or domain.task or "", model=options.models.get(domain.name, domain.model),
+                    max_length=domain.max_length, test_size=None if data_file else budget.test_size,
+                    validation_size=None if data_file else budget.validation_size,
+                    generation_examples=budget.generation_examples)
     if not task.name:
         raise StudyError(f"domain {domain.name!r} has no built-in data; give it with --domain-data "
                          f"{domain.name}=FILE.csv (columns text,label)")
-    return StudyConfig(task=task, methods=tuple(methods), train_sizes=sizes or options.train_sizes or budget.train_sizes,
-                       seeds=options.seeds, settings=_settings(budget, options))
+    return StudyConfig(task=task, methods=tuple(methods), seeds=options.seeds, settings=_settings(budget, options),
+                       train_sizes=sizes or options.train_sizes or budget.train_sizes)
 
 
 def _settings(budget: Budget, options: SurveyOptions) -> RunSettings:
     return RunSettings(steps=options.steps or budget.steps, batch_size=budget.batch_size,
                        eval_every=budget.eval_every, device=options.device, threads=options.threads,
-                       save_adapter=options.save_adapters)
+                       save_adapter=options.save_adapters, latency_repeats=budget.latency_repeats)
 
 
 def plan_survey(options: SurveyOptions, out: Path, command: str) -> Survey:
@@ -178,7 +181,7 @@ def _commit() -> str | None:
         head = subprocess.run(["git", "-C", str(root), "rev-parse", "HEAD"], capture_output=True, text=True,
                               timeout=10, check=True).stdout.strip()
         dirty = subprocess.run(["git", "-C", str(root), "status", "--porcelain", "--untracked-files=no"],
-                               capture_output=True, text=True, timeout=10).stdout.strip()
+                               capture_output=True, text=True, timeout=10, check=False).stdout.strip()
     except (OSError, subprocess.SubprocessError):
         return None
     return head + ("+changes" if dirty else "")

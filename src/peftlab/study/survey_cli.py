@@ -23,6 +23,7 @@ from peftlab.study.plan import parse_train_sizes
 from peftlab.study.survey import (
     MODES,
     QUICK_CONTINUAL_METHODS,
+    QUICK_CONTINUAL_TASKS,
     QUICK_METHODS,
     QUICK_PLACEMENT_DOMAINS,
     SurveyOptions,
@@ -55,9 +56,9 @@ def add_subcommands(subparsers: argparse._SubParsersAction) -> None:
     p.add_argument("--train-sizes", default=None, help="override every domain's train sizes, e.g. 100,1000")
     p.add_argument("--steps", type=int, default=None, help="override every domain's optimiser steps per run")
     p.add_argument("--modes", default=",".join(MODES), help="comma-separated: %(default)s")
-    p.add_argument("--continual-tasks", default=",".join(DEFAULT_SEQUENCE),
-                   help="the continual-learning task sequence (classification tasks sharing one model; "
-                        "default: %(default)s)")
+    p.add_argument("--continual-tasks", default=None,
+                   help="the continual-learning task sequence (classification tasks sharing one model; default: "
+                        f"{','.join(DEFAULT_SEQUENCE)}; --quick: {','.join(QUICK_CONTINUAL_TASKS)})")
     p.add_argument("--continual-model", default=None,
                    help="the continual tasks' model (default: their own, MiniLM for the default sequence)")
     p.add_argument("--continual-methods", default=None,
@@ -140,7 +141,8 @@ def options_from_args(args: argparse.Namespace) -> SurveyOptions:
         domains=tuple(DOMAINS[d] for d in domain_names), methods=_resolve(methods, lr),
         continual_methods=_resolve(continual, lr),
         seeds=tuple(range(seeds)), modes=tuple(modes), quick=args.quick, placement_domains=tuple(placement),
-        continual_tasks=tuple(_names(args.continual_tasks, DEFAULT_SEQUENCE)), continual_model=args.continual_model,
+        continual_tasks=tuple(_names(args.continual_tasks, QUICK_CONTINUAL_TASKS if args.quick else DEFAULT_SEQUENCE)),
+        continual_model=args.continual_model,
         device=args.device,
         threads=args.threads, save_adapters=not args.no_save_adapters,
         train_sizes=parse_train_sizes(args.train_sizes) if args.train_sizes else None, steps=args.steps,
