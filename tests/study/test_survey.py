@@ -52,6 +52,8 @@ def test_survey_runs_every_mode_reports_resumes_and_publishes(tmp_path: Path) ->
                     "## Domain: arithmetic", "**protein**", "not measurable here"):
         assert section in md, section
     assert "data:image/png;base64," in (out / "report.html").read_text()
+    (out / "report.md").unlink()
+    assert run_cli("report", str(out)) == 0 and "## RQ3" in (out / "report.md").read_text()
 
     start = time.perf_counter()  # resuming runs nothing
     assert run_cli(*SURVEY, "--out", str(out), "--no-report") == 0

@@ -98,11 +98,9 @@ def sparse_80_drops(domains: list[DomainResult]) -> Verdict:
         drops += marked
         parts.append(f"{d.name}: {_show(d, s80)} vs {reference_name} {_show(d, reference)}"
                      f"{' (marked drop)' if marked else ''}")
-    if not counted:
-        return Verdict(claim, NOT_MEASURABLE, "no domain has results for sparse-80 and a reference")
-    return Verdict(claim, CONFIRMED if drops * 2 > counted else NOT_CONFIRMED,
-                   f"read as: sparse-80 below sparse-40 (or full fine-tuning) by more than 2 points and outside the "
-                   f"seeds' spread on most domains. {'; '.join(parts)}. Marked drop on {drops} of {counted}.")
+    return _by_majority(claim, drops, counted, parts, "Marked drop",
+                        "sparse-80 below sparse-40 (or full fine-tuning) by more than 2 points and outside the seeds' "
+                        "spread on most domains", "no domain has results for sparse-80 and a reference")
 
 
 def bitfit_high_data(domains: list[DomainResult]) -> Verdict:
@@ -128,13 +126,19 @@ def bitfit_high_data(domains: list[DomainResult]) -> Verdict:
         scale = 100 if d.metric in analysis.PERCENT_METRICS else 1
         parts.append(f"{d.name} ({sizes[0]} -> {sizes[-1]} examples): BitFit {gain * scale:+.3g} ± "
                      f"{spread * scale:.2g}, median of the others {others * scale:+.3g}")
+    return _by_majority(claim, little, counted, parts, "Little gain",
+                        "from the smaller to the larger train size BitFit's gain stays below the median gain of the "
+                        "other methods by more than its spread, on most domains (the largest sizes here are modest; "
+                        "the survey's high-data regime may be larger)", "no domain has BitFit at two train sizes")
+
+
+def _by_majority(claim: str, hits: int, counted: int, parts: list[str], label: str, reading: str,
+                 nothing: str) -> Verdict:
+    """Confirmed when the claim holds on more than half of the domains that measure it."""
     if not counted:
-        return Verdict(claim, NOT_MEASURABLE, "no domain has BitFit at two train sizes")
-    return Verdict(claim, CONFIRMED if little * 2 > counted else NOT_CONFIRMED,
-                   f"read as: from the smaller to the larger train size BitFit's gain stays below the median gain "
-                   f"of the other methods by more than its spread, on most domains (the largest sizes here are "
-                   f"modest; the survey's high-data regime may be larger). {'; '.join(parts)}. Little gain on "
-                   f"{little} of {counted}.")
+        return Verdict(claim, NOT_MEASURABLE, nothing)
+    return Verdict(claim, CONFIRMED if hits * 2 > counted else NOT_CONFIRMED,
+                   f"read as: {reading}. {'; '.join(parts)}. {label} on {hits} of {counted}.")
 
 
 def check_claims(domains: list[DomainResult]) -> list[Verdict]:

@@ -30,9 +30,10 @@ def add_subcommands(subparsers: argparse._SubParsersAction) -> None:
                     "tweet sentiment, all methods of the survey's table, one seed.")
     _add_compare_arguments(compare)
     compare.set_defaults(func=run_compare)
-    report = subparsers.add_parser("report", help="rebuild a study's report from its stored results",
+    report = subparsers.add_parser("report", help="rebuild a study's (or a survey's) report from its stored results",
                                    description="Rebuild OUT/report.md, OUT/report.html and OUT/plots from "
-                                               "OUT/study.json and OUT/results.jsonl (no training).")
+                                               "OUT/study.json and OUT/results.jsonl, or a survey folder's "
+                                               "cross-domain report (no training).")
     report.add_argument("out", type=Path, metavar="DIR", help="the study's output folder")
     report.add_argument("--budget", action="append", default=None, metavar="LIMIT",
                         help="override the stored budget, e.g. params=1%%, memory=2000MB, time=60s")
@@ -173,7 +174,15 @@ def run_report(args: argparse.Namespace) -> int:
 
 def _write_report(out: Path, budget: list[str] | None) -> int:
     from peftlab.study.report import build_report
+    from peftlab.study.survey import SURVEY_FILE
 
-    md, page = build_report(out, budget)
+    if (out / SURVEY_FILE).exists():  # a survey folder: its cross-domain report
+        if budget:
+            raise StudyError("--budget applies to a compare study; a survey's report has no budget question")
+        from peftlab.study.survey_report import build_survey_report
+
+        md, page = build_survey_report(out)
+    else:
+        md, page = build_report(out, budget)
     print(f"report: {md} and {page}")
     return 0

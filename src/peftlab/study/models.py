@@ -41,8 +41,8 @@ def check_model_ref(ref: str, aliases: tuple[str, ...], kind: str) -> None:
     """StudyError when `ref` is an alias of another kind of model, or a local path that does not exist (either
     would otherwise reach the hub, and fail each run after its download retries)."""
     if ref in ALIASES and ref not in aliases:
-        raise StudyError(f"model {ref!r} is not a {kind}; this task takes {', '.join(aliases)}, a local folder or "
-                         "a hub id")
+        named = "".join(f"{a}, " for a in aliases)
+        raise StudyError(f"model {ref!r} is not a {kind}; this task takes {named}a local folder or a hub id")
     looks_local = ref.startswith(("/", "./", "../", "~")) or os.sep in ref and Path(ref).parent.exists()
     if looks_local and not Path(ref).expanduser().exists():
         raise StudyError(f"model path {ref} does not exist; give a folder holding a transformers model "

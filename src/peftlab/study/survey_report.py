@@ -26,10 +26,6 @@ from peftlab.study.errors import StudyError
 from peftlab.study.report import fmt_metric, size_tables
 from peftlab.study.survey import load_manifest
 
-NOT_COVERED = {"speech": "no speech model installs from PyPI or Debian (wav2vec 2.0, HuBERT and Whisper are on the "
-                         "Hugging Face hub only) and the study has no audio input pipeline yet"}
-
-
 def load_domains(out: Path, manifest: dict[str, Any], key: str) -> list[DomainResult]:
     """The domains' results of one mode ("methods" or "placement") that have records."""
     found = []
@@ -124,7 +120,6 @@ def _domains_table(domains: list[DomainResult], manifest: dict[str, Any]) -> lis
                                                       "steps", "runs ok / failed"], rows)]
     missing = [f"**{u['name']}** ({u['area']}: {u['description']}): not measured here, because {u['reason']}."
                for u in manifest.get("unmeasured", [])]
-    missing += [f"**{name}**: not measured here, because {reason}." for name, reason in NOT_COVERED.items()]
     return blocks + [Paragraph("Not measured here:"), Bullets(missing)] if missing else blocks
 
 

@@ -1,4 +1,5 @@
-"""A user's own data: a CSV or JSONL file with columns text,label (classification) or prompt,completion (LM)."""
+"""A user's own data: a CSV or JSONL file with columns text,label (classification), audio,label (audio
+classification; audio = a WAV file's path, relative to the data file's folder) or prompt,completion (LM)."""
 
 from __future__ import annotations
 
@@ -48,6 +49,10 @@ def read_task_file(path: Path) -> FileData:
     if not rows:
         raise StudyError(f"data file {path} has no rows")
     columns = set(rows[0])
+    if {"audio", "label"} <= columns:
+        _require_fields(path, rows, ("audio", "label"))
+        rows = [dict(r, text=str((path.parent / str(r["audio"]).strip()).resolve())) for r in rows]
+        columns.add("text")
     if {"text", "label"} <= columns:
         _require_fields(path, rows, ("text", "label"))
         labels = [_label(r["label"]) for r in rows]
@@ -60,8 +65,14 @@ def read_task_file(path: Path) -> FileData:
     if {"prompt", "completion"} <= columns:
         _require_fields(path, rows, ("prompt", "completion"))
         return [PromptCompletion(str(r["prompt"]), str(r["completion"])) for r in rows]
-    raise StudyError(f"data file {path} has columns {sorted(columns)}; expected text,label (classification) "
-                     "or prompt,completion (causal language modelling)")
+    raise StudyError(f"data file {path} has columns {sorted(columns)}; expected text,label (classification), "
+                     "audio,label (audio classification) or prompt,completion (causal language modelling)")
+
+
+def is_audio_file(path: Path) -> bool:
+    """Whether a data file's rows name audio files (column `audio`)."""
+    rows = read_rows(path)
+    return bool(rows) and "audio" in rows[0]
 
 
 def _require_fields(path: Path, rows: list[dict[str, Any]], fields: tuple[str, ...]) -> None:

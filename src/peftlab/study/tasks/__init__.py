@@ -11,7 +11,9 @@ from peftlab.study.errors import StudyError
 from peftlab.study.tasks.base import Task, TaskSpec
 from peftlab.study.tasks.causal_lm import CausalLMTask
 from peftlab.study.tasks.classification import ClassificationTask
-from peftlab.study.tasks.encoders import ImageEncoder, TextEncoder
+from peftlab.study.tasks.encoders import AudioEncoder, ImageEncoder, TextEncoder
+
+DEFAULT_AUDIO_MODEL = "facebook/wav2vec2-base"  # on the Hugging Face hub only
 
 
 def _sentiment(spec: TaskSpec) -> Task:
@@ -61,8 +63,9 @@ def _file_task(spec: TaskSpec) -> Task:
     data = files.read_task_file(path)
     if isinstance(data, LabeledData):
         held_out = max(1, len(data.examples) // 10)
-        return ClassificationTask(path.stem, data, TextEncoder(spec.model or "minilm", spec.max_length), spec,
-                                  test=held_out, validation=held_out)
+        encoder = (AudioEncoder(spec.model or DEFAULT_AUDIO_MODEL) if files.is_audio_file(path)
+                   else TextEncoder(spec.model or "minilm", spec.max_length))
+        return ClassificationTask(path.stem, data, encoder, spec, test=held_out, validation=held_out)
     held_out = max(1, len(data) // 10)
     return CausalLMTask(path.stem, data, spec, model_ref=spec.model or "smollm2", test=held_out,
                         validation=held_out, chat=False, metric="exact_match", curve_metric="perplexity")
