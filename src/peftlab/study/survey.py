@@ -38,8 +38,8 @@ QUICK_CONTINUAL_TASKS = ("sentiment", "topic")
 QUICK_PLACEMENT_DOMAINS = ("sentiment",)
 CONTINUAL_BUDGET = {"full": Budget(train_sizes=(1000,), steps=25, batch_size=16, test_size=150, validation_size=64,
                                    eval_every=25, latency_repeats=3),
-                    "quick": Budget(train_sizes=(200,), steps=12, batch_size=8, test_size=100, validation_size=32,
-                                    eval_every=12)}
+                    "quick": Budget(train_sizes=(200,), steps=8, batch_size=8, test_size=60, validation_size=16,
+                                    eval_every=8, latency_repeats=1)}
 
 
 @dataclasses.dataclass(frozen=True)
