@@ -70,9 +70,9 @@ def arithmetic_lora_adapters(domains: list[DomainResult]) -> Verdict:
     loreft = metric_pair(domain, "loreft")
     adapters = [(a, metric_pair(domain, a)) for a in ADAPTERS if metric_pair(domain, a) is not None]
     lora = metric_pair(domain, "lora")
-    if loreft is None or lora is None or not adapters:
-        return Verdict(claim, NOT_MEASURABLE, "the arithmetic domain lacks a successful LoRA, adapter or LoReFT "
-                                              "result")
+    missing = [name for name, value in (("LoRA", lora), ("adapter", adapters), ("LoReFT", loreft)) if not value]
+    if missing:
+        return Verdict(claim, NOT_MEASURABLE, f"the arithmetic domain has no successful {' or '.join(missing)} run")
     best_name, best = max(adapters, key=lambda a: a[1][0] if domain.higher_is_better else -a[1][0])
     higher = domain.higher_is_better
     lora_vs, adapter_vs = compare(lora, loreft, higher), compare(best, loreft, higher)

@@ -18,8 +18,8 @@ def write_findings(survey: Path, to: Path) -> tuple[Path, Path]:
         f"page with `peftlab findings {survey} --to {to}`. Every number below comes from that run's results "
         "files; nothing is typed in by hand. The command, its date, the source commit, the hardware and the total "
         "time follow.")]
-    blocks, title = build_blocks(survey, to.parent / f"{to.stem}_plots", intro)
+    blocks, title = build_blocks(survey, to.parent / f"{to.stem}_plots", intro, "Findings: the survey, measured")
     page = to.with_suffix(".html")
     write_text_atomic(to, to_markdown(blocks, to.parent))
-    write_text_atomic(page, to_html(blocks, f"Findings: {title}"))
+    write_text_atomic(page, to_html(blocks, title))
     return to, page

@@ -46,6 +46,10 @@ def _spearman(xs: list[float], ys: list[float]) -> float | None:
     return cov / norm if norm else None
 
 
+def _seeds(domain: DomainResult) -> int:
+    return len({r["seed"] for r in domain.records})
+
+
 def tied_with_best(domain: DomainResult) -> tuple[str | None, list[str]]:
     """The best method at the largest size and the methods tied with it."""
     best = next((m for m, r in domain.rank.items() if r == 1), None)
@@ -93,9 +97,10 @@ def rq2(domains: list[DomainResult]) -> list[str]:
         if best is None:
             out.append(f"**{d.name}**: no run succeeded.")
             continue
+        alone = (", ahead of every other method beyond the spread" if _seeds(d) > 1 else
+                 ", ahead of the others (one seed: no spread to call a tie)")
         text = (f"**{d.name}** ({d.area}, {d.metric}): best `{best}` at "
-                f"{fmt_metric(d.metric, metric_pair(d, best))}" + (f", tied with {_names(tied)}" if tied else
-                                                                   ", ahead of every other method beyond the spread"))
+                f"{fmt_metric(d.metric, metric_pair(d, best))}" + (f", tied with {_names(tied)}" if tied else alone))
         relative = {m: r for m, r in d.relative.items() if r is not None and m != "full"}
         if relative:
             worst = min(relative, key=lambda m: relative[m][0])

@@ -47,13 +47,14 @@ def total_seconds(manifest: dict[str, Any]) -> float:
     return total
 
 
-def build_blocks(out: Path, plot_dir: Path, intro: list[Block] | None = None) -> tuple[list[Block], str]:
+def build_blocks(out: Path, plot_dir: Path, intro: list[Block] | None = None,
+                 title: str = "peftlab survey") -> tuple[list[Block], str]:
     """The report's blocks (plots written to `plot_dir`) and its title."""
     manifest = load_manifest(out)
     domains = load_domains(out, manifest, "methods")
     if not domains and not manifest.get("continual"):
         raise StudyError(f"no results in {out} yet; run `peftlab survey --out {out}` first")
-    title = f"peftlab survey ({manifest.get('profile', 'full')} profile)"
+    title = f"{title} ({manifest.get('profile', 'full')} profile)"
     blocks: list[Block] = [Heading(title, 1), *(intro or []), *_header(manifest, domains)]
     blocks += _domains_table(domains, manifest)
     if domains:
