@@ -10,6 +10,7 @@ import argparse
 import json
 import math
 import os
+import resource
 import shutil
 import socket
 import sys
@@ -98,6 +99,8 @@ def execute(spec: RunSpec, run_dir: Path) -> dict[str, Any]:
         record["phase_seconds"] = phase.seconds
         record["wall_seconds"] = time.perf_counter() - start
         record["process_peak_rss_mb"] = process_peak_rss_mb()
+        usage = resource.getrusage(resource.RUSAGE_SELF)
+        record["process_cpu_seconds"] = usage.ru_utime + usage.ru_stime  # the whole process, imports included
         record.setdefault("peak_memory_mb", None)
         record["finished_at"] = now()
     return record
