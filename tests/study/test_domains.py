@@ -63,10 +63,10 @@ def test_a_domain_without_an_offline_model_runs_from_a_model_folder_and_a_data_f
     out = tmp_path / "survey"
     assert run_cli("survey", "--quick", "--domains", "protein", "--domain-model", f"protein={folder}",
                    "--domain-data", f"protein={data}", "--modes", "methods", "--methods", "lora", "--steps", "2",
-                   "--train-sizes", "8,16", "--placement-domains", "protein", "--no-progress",
+                   "--train-sizes", "8", "--placement-domains", "protein", "--no-progress",
                    "--out", str(out)) == 0
     records = read_results(out / "methods" / "protein")
-    assert [r["status"] for r in records] == ["ok", "ok"], [r["error"] for r in records]
+    assert [r["status"] for r in records] == ["ok"], [r["error"] for r in records]
     assert records[0]["model"] == str(folder) and records[0]["config"]["method"]["method"] == "lora"
     assert "## Domain: protein" in (out / "report.md").read_text()
 
@@ -100,10 +100,10 @@ def test_the_speech_domain_runs_from_an_audio_model_folder_and_wav_files(tmp_pat
     out = tmp_path / "survey"
     assert run_cli("survey", "--quick", "--domains", "speech", "--domain-model", f"speech={folder}",
                    "--domain-data", f"speech={tmp_path / 'speech.csv'}", "--modes", "methods", "--methods", "lora",
-                   "--steps", "2", "--train-sizes", "8,16", "--placement-domains", "speech", "--no-progress",
+                   "--steps", "2", "--train-sizes", "8", "--placement-domains", "speech", "--no-progress",
                    "--out", str(out)) == 0
     records = read_results(out / "methods" / "speech")
-    assert [r["status"] for r in records] == ["ok", "ok"], [r["error"] for r in records]
+    assert [r["status"] for r in records] == ["ok"], [r["error"] for r in records]
     assert records[0]["task_info"]["input_size"] == "16 kHz audio, up to 4 s"
     sites = records[0]["config"]["method"]["targets"]
     assert sites is None and records[0]["trainable_params"] > 0  # LoRA's default targets: q_proj, v_proj
