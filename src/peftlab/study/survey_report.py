@@ -26,6 +26,7 @@ from peftlab.study.errors import StudyError
 from peftlab.study.report import fmt_metric, size_tables
 from peftlab.study.survey import load_manifest
 
+
 def load_domains(out: Path, manifest: dict[str, Any], key: str) -> list[DomainResult]:
     """The domains' results of one mode ("methods" or "placement") that have records."""
     found = []
