@@ -19,7 +19,8 @@ ray = pytest.importorskip("ray")
 # What legitimately differs between two executions of the same run: clocks, processes, memory and where files are.
 VOLATILE = {"started_at", "finished_at", "host", "pid", "wall_seconds", "train_seconds", "median_step_seconds",
             "examples_per_second", "phase_seconds", "latency", "peak_memory_mb", "rss_after_load_mb",
-            "process_peak_rss_mb", "process_cpu_seconds", "adapter_path", "delta_vs_full"}  # delta: recomputed by the report (finish order)
+            "process_peak_rss_mb", "process_cpu_seconds", "adapter_path",
+            "delta_vs_full"}  # recomputed by the report: it depends on the order in which runs finished
 STUDY = (*MINI, "--methods", "full,lora", "--threads", "1", "--no-report")
 
 
