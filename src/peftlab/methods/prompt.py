@@ -19,7 +19,7 @@ import functools
 import inspect
 import os
 import weakref
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from typing import Any, ClassVar
 
 import torch
@@ -355,17 +355,7 @@ def keep_last_positions(output: Any, real: int) -> Any:
     def cut(value: torch.Tensor) -> torch.Tensor:
         return value[:, value.shape[1] - real:] if value.shape[1] > real else value
 
-    if isinstance(output, torch.Tensor):
-        return cut(output) if output.dim() >= 3 else output
-    if not isinstance(output, Mapping):
-        return output  # a plain tuple (return_dict=False): positions cannot be told apart from classes
-    for key in _PER_TOKEN_OUTPUTS:
-        value = output.get(key)
-        if value is not None and (value.dim() >= 3 or key in ("start_logits", "end_logits")):
-            output[key] = cut(value)
-    if output.get("hidden_states") is not None:
-        output["hidden_states"] = tuple(cut(h) for h in output["hidden_states"])
-    return output
+    return per_token_outputs(output, cut)
 
 
 def keep_positions(output: Any, positions: torch.Tensor) -> Any:
@@ -375,16 +365,22 @@ def keep_positions(output: Any, positions: torch.Tensor) -> Any:
         index = positions.view(*positions.shape, *([1] * (value.dim() - 2)))  # (B, T) -> (B, T, 1, ...)
         return value.gather(1, index.expand(-1, -1, *value.shape[2:]))
 
+    return per_token_outputs(output, take)
+
+
+def per_token_outputs(output: Any, change: Callable[[torch.Tensor], torch.Tensor]) -> Any:
+    """`output` with `change` applied to its per-token tensors (logits, hidden states, ...); sequence-level outputs
+    (B, C) and plain tuples (return_dict=False: positions cannot be told apart from classes) stay as they are."""
     if isinstance(output, torch.Tensor):
-        return take(output) if output.dim() >= 3 else output
+        return change(output) if output.dim() >= 3 else output
     if not isinstance(output, Mapping):
         return output
     for key in _PER_TOKEN_OUTPUTS:
         value = output.get(key)
         if value is not None and (value.dim() >= 3 or key in ("start_logits", "end_logits")):
-            output[key] = take(value)
+            output[key] = change(value)
     if output.get("hidden_states") is not None:
-        output["hidden_states"] = tuple(take(h) for h in output["hidden_states"])
+        output["hidden_states"] = tuple(change(h) for h in output["hidden_states"])
     return output
 
 

@@ -18,7 +18,7 @@ MEAN_FIELDS = {
     "test_metric": "test_metric", "delta_vs_full": "delta_vs_full", "trainable_params": "trainable_params",
     "trainable_percent": "trainable_percent", "peak_memory_mb": "peak_memory_mb", "train_seconds": "train_seconds",
     "median_step_seconds": "median_step_seconds", "examples_per_second": "examples_per_second",
-    "adapter_bytes": "adapter_bytes", "train_examples": "train_examples",
+    "adapter_bytes": "adapter_bytes", "train_examples": "train_examples", "activation_density": "activation_density",
 }
 RESOURCES = {"trainable_params": "trainable parameters", "peak_memory_mb": "peak memory",
              "train_seconds": "training time"}

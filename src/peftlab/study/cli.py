@@ -6,9 +6,12 @@ The main CLI calls `add_subcommands(subparsers)`; each subcommand sets `func(arg
 from __future__ import annotations
 
 import argparse
+import os
 from pathlib import Path
 
 from peftlab.study.budget import parse_budgets
+from peftlab.study.errors import StudyError
+from peftlab.study.executors import EXECUTORS, Executor, make_executor
 from peftlab.study.methods import SURVEY_METHODS, parse_lr_overrides, resolve_methods
 from peftlab.study.plan import RunSettings, StudyConfig, parse_train_sizes
 from peftlab.study.tasks import BUILTIN_TASKS
@@ -27,13 +30,17 @@ def add_subcommands(subparsers: argparse._SubParsersAction) -> None:
                     "tweet sentiment, all methods of the survey's table, one seed.")
     _add_compare_arguments(compare)
     compare.set_defaults(func=run_compare)
-    report = subparsers.add_parser("report", help="rebuild a study's report from its stored results",
+    report = subparsers.add_parser("report", help="rebuild a study's (or a survey's) report from its stored results",
                                    description="Rebuild OUT/report.md, OUT/report.html and OUT/plots from "
-                                               "OUT/study.json and OUT/results.jsonl (no training).")
+                                               "OUT/study.json and OUT/results.jsonl, or a survey folder's "
+                                               "cross-domain report (no training).")
     report.add_argument("out", type=Path, metavar="DIR", help="the study's output folder")
     report.add_argument("--budget", action="append", default=None, metavar="LIMIT",
                         help="override the stored budget, e.g. params=1%%, memory=2000MB, time=60s")
     report.set_defaults(func=run_report)
+    from peftlab.study import survey_cli
+
+    survey_cli.add_subcommands(subparsers)
 
 
 def _add_compare_arguments(p: argparse.ArgumentParser) -> None:
@@ -69,12 +76,39 @@ def _add_compare_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--validation-size", type=int, default=None, help="validation examples (default: per task)")
     p.add_argument("--data-seed", type=int, default=0, help="seed of the fixed data split (default: 0)")
     p.add_argument("--image-size", type=int, default=64, help="image side for the image task (default: 64)")
+    p.add_argument("--no-save-adapters", action="store_true", help="measure adapter size, then delete the files")
+    add_run_arguments(p)
+
+
+def add_run_arguments(p: argparse.ArgumentParser) -> None:
+    """Options of how runs execute, shared by `compare` and `survey`."""
     p.add_argument("--run-timeout", type=float, default=None, metavar="SECONDS",
                    help="stop a run after this long and record it as failed")
     p.add_argument("--retry-failed", action="store_true", help="re-run runs recorded as failed")
-    p.add_argument("--no-save-adapters", action="store_true", help="measure adapter size, then delete the files")
+    p.add_argument("--executor", default="local", choices=EXECUTORS,
+                   help="local: worker processes on this machine; ray: Ray tasks on a cluster (default: local)")
+    p.add_argument("--parallel", type=int, default=None, metavar="N",
+                   help="local executor: runs at once (default: 1; survey --quick: one per core); each gets cores/N "
+                        "torch threads unless --threads")
+    p.add_argument("--ray-address", default=None, metavar="ADDRESS",
+                   help="ray executor: the cluster to join (e.g. auto, or ray://head:10001); default: start a local "
+                        "cluster with every core of this machine for the study")
+    p.add_argument("--cpus-per-run", type=float, default=None, help="ray executor: CPUs each run reserves (1)")
+    p.add_argument("--gpus-per-run", type=float, default=None, help="ray executor: GPUs each run reserves (0)")
     p.add_argument("--no-progress", action="store_true", help="no progress bars")
     p.add_argument("--no-report", action="store_true", help="skip writing the report at the end")
+
+
+def executor_from_args(args: argparse.Namespace) -> Executor:
+    """The executor the run options name (checked before anything starts)."""
+    if args.run_timeout is not None and not args.run_timeout > 0:
+        raise StudyError(f"--run-timeout must be a positive number of seconds, got {args.run_timeout}")
+    parallel = args.parallel
+    if parallel is None:
+        parallel = (os.cpu_count() or 1) if getattr(args, "quick", False) and args.executor == "local" else 1
+    return make_executor(args.executor, parallel=parallel, run_timeout=args.run_timeout,
+                         ray_address=args.ray_address, cpus_per_run=args.cpus_per_run,
+                         gpus_per_run=args.gpus_per_run)
 
 
 def study_from_args(args: argparse.Namespace) -> StudyConfig:
@@ -86,16 +120,16 @@ def study_from_args(args: argparse.Namespace) -> StudyConfig:
                            threads=args.threads)
     methods = resolve_methods([m for m in args.methods.split(",") if m.strip()], parse_lr_overrides(args.lr))
     budget = tuple(b.text for b in parse_budgets(args.budget))
-    from peftlab.study.errors import StudyError
-
     if args.seeds < 1:
         raise StudyError(f"--seeds must be >= 1, got {args.seeds}")
-    if args.run_timeout is not None and not args.run_timeout > 0:
-        raise StudyError(f"--run-timeout must be a positive number of seconds, got {args.run_timeout}")
-    if args.out.exists() and not args.out.is_dir():
-        raise StudyError(f"--out {args.out} is a file; pass a folder (it is created if missing)")
+    check_out(args.out)
     return StudyConfig(task=task, methods=tuple(methods), train_sizes=parse_train_sizes(args.train_sizes),
                        seeds=tuple(range(args.seeds)), settings=settings, budget=budget)
+
+
+def check_out(out: Path) -> None:
+    if out.exists() and not out.is_dir():
+        raise StudyError(f"--out {out} is a file; pass a folder (it is created if missing)")
 
 
 def run_compare(args: argparse.Namespace) -> int:
@@ -104,21 +138,33 @@ def run_compare(args: argparse.Namespace) -> int:
     from peftlab.study.runner import run_study
 
     study = study_from_args(args)
+    executor = executor_from_args(args)
     try:
         records = run_study(study, args.out, progress=TqdmProgress(disable=args.no_progress),
-                            retry_failed=args.retry_failed, run_timeout=args.run_timeout)
+                            retry_failed=args.retry_failed, executor=executor)
     except KeyboardInterrupt:
-        from peftlab.study.results import load_records
-
-        done = len(load_records(args.out)) if args.out.is_dir() else 0
-        print(f"\ninterrupted; {done} run(s) recorded in {args.out}. Run the same command again to resume.")
-        return 130
-    failed = sum(r["status"] != "ok" for r in records)
-    print(f"{len(records) - failed} runs ok, {failed} failed; results in {args.out / 'results.jsonl'}")
-    code = 0 if len(records) > failed else 1  # a study in which no run succeeded fails the command
+        return interrupted([args.out])
+    code = summarise_outcome(records, str(args.out / "results.jsonl"))
     if not args.no_report:
         return _write_report(args.out, None) or code
     return code
+
+
+def interrupted(folders: list[Path]) -> int:
+    """What an interrupted study prints (exit code 130)."""
+    from peftlab.study.results import load_records
+
+    done = sum(len(load_records(f)) for f in folders if f.is_dir())
+    where = folders[0] if len(folders) == 1 else folders[0].parent
+    print(f"\ninterrupted; {done} run(s) recorded in {where}. Run the same command again to resume.")
+    return 130
+
+
+def summarise_outcome(records: list[dict], where: str) -> int:
+    """Print how many runs succeeded; exit code 1 when none did."""
+    failed = sum(r["status"] != "ok" for r in records)
+    print(f"{len(records) - failed} runs ok, {failed} failed; results in {where}")
+    return 0 if len(records) > failed else 1
 
 
 def run_report(args: argparse.Namespace) -> int:
@@ -128,7 +174,15 @@ def run_report(args: argparse.Namespace) -> int:
 
 def _write_report(out: Path, budget: list[str] | None) -> int:
     from peftlab.study.report import build_report
+    from peftlab.study.survey import SURVEY_FILE
 
-    md, page = build_report(out, budget)
+    if (out / SURVEY_FILE).exists():  # a survey folder: its cross-domain report
+        if budget:
+            raise StudyError("--budget applies to a compare study; a survey's report has no budget question")
+        from peftlab.study.survey_report import build_survey_report
+
+        md, page = build_survey_report(out)
+    else:
+        md, page = build_report(out, budget)
     print(f"report: {md} and {page}")
     return 0

@@ -1,8 +1,9 @@
 """The study's method list: study names ("adapter-tiny", "sparse-40", "lora:r=16") -> registry id + fields + LR.
 
 A study name is either one of `SURVEY_METHODS` or `<method id>[:field=value[:field=value...]]` for any registered
-method. The method id and its fields are checked when the study is planned, so a typo stops the study before any run
-starts; each run builds its config again in its worker, with the task's fields (e.g. a CNN's head) added.
+method, optionally followed by training objectives: `lora+deft`, `lora:r=16+deft:weight=0.5` (peftlab.objectives).
+The method id and its fields are checked when the study is planned, so a typo stops the study before any run starts;
+each run builds its config again in its worker, with the task's fields (e.g. a CNN's head) added.
 """
 
 from __future__ import annotations
@@ -12,7 +13,7 @@ import json
 from collections.abc import Mapping
 from typing import Any
 
-from peftlab.core.registry import get_method
+from peftlab.core.registry import get_method, method_ids
 from peftlab.errors import ConfigError
 from peftlab.study.errors import StudyError
 
@@ -37,6 +38,18 @@ SURVEY_METHODS: dict[str, tuple[str, dict[str, Any]]] = {
 # multiplicative or input-side parameters need more.
 
 
+def survey_method_names() -> list[str]:
+    """Every method the survey runs: the study names of SURVEY_METHODS, then each registered method whose id no
+    entry there uses (under its id, with its defaults). A method added to the table or to the registry joins the
+    survey without any other edit."""
+    covered = {method_id for method_id, _ in SURVEY_METHODS.values()}
+    return [*SURVEY_METHODS, *(m for m in method_ids() if m not in covered), *SURVEY_WITH_OBJECTIVES]
+
+
+# Methods with a training objective attached that the survey runs too (DEFT: what lower activation density costs).
+SURVEY_WITH_OBJECTIVES = ("lora+deft",)
+
+
 @dataclasses.dataclass(frozen=True)
 class StudyMethod:
     """One method of a study: its name in tables, its registry id, config fields, and learning rate."""
@@ -45,9 +58,13 @@ class StudyMethod:
     method_id: str
     fields: Mapping[str, Any]
     lr: float
+    objectives: tuple[tuple[str, Mapping[str, Any]], ...] = ()  # (objective id, fields) attached to the model
 
     def to_dict(self) -> dict[str, Any]:
-        return {"label": self.label, "method_id": self.method_id, "fields": dict(self.fields), "lr": self.lr}
+        out = {"label": self.label, "method_id": self.method_id, "fields": dict(self.fields), "lr": self.lr}
+        if self.objectives:  # only when present: the run ids of studies without objectives stay as they were
+            out["objectives"] = [[name, dict(fields)] for name, fields in self.objectives]
+        return out
 
 
 def parse_value(text: str) -> Any:
@@ -63,25 +80,47 @@ def parse_method(name: str, lr_overrides: Mapping[str, float] | None = None) -> 
     name = name.strip()
     if not name:
         raise StudyError("empty method name in --methods")
-    if name in SURVEY_METHODS:
-        method_id, fields = SURVEY_METHODS[name]
+    method_part, *objective_parts = name.split("+")
+    if method_part in SURVEY_METHODS:
+        method_id, fields = SURVEY_METHODS[method_part]
     else:
-        method_id, *assignments = name.split(":")
-        fields = {}
-        for item in assignments:
-            key, sep, value = item.partition("=")
-            if not sep or not key:
-                raise StudyError(f"method {name!r}: expected field=value after ':', got {item!r} "
-                                 "(e.g. lora:r=16:alpha=32)")
-            fields[key] = parse_value(value)
+        method_id, fields = _id_and_fields(method_part, name)
+    objectives = tuple(_id_and_fields(part, name) for part in objective_parts)
     overrides = lr_overrides or {}
     try:
         lr = overrides[name] if name in overrides else overrides.get(method_id, get_method(method_id).study_lr)
-        method = StudyMethod(label=name, method_id=method_id, fields=dict(fields), lr=float(lr))
+        method = StudyMethod(label=name, method_id=method_id, fields=dict(fields), lr=float(lr),
+                             objectives=objectives)
         build_config(method, {})  # checked now; each run builds it again with its task's fields
-    except ConfigError as err:
+        build_objectives(method)
+    except (ConfigError, TypeError) as err:
         raise StudyError(f"--methods {name!r}: {err}") from None
     return method
+
+
+def _id_and_fields(text: str, name: str) -> tuple[str, dict[str, Any]]:
+    """"lora:r=16:alpha=32" -> ("lora", {"r": 16, "alpha": 32})."""
+    identifier, *assignments = text.split(":")
+    fields = {}
+    for item in assignments:
+        key, sep, value = item.partition("=")
+        if not sep or not key:
+            raise StudyError(f"method {name!r}: expected field=value after ':', got {item!r} (e.g. lora:r=16:alpha=32)")
+        fields[key] = parse_value(value)
+    return identifier, fields
+
+
+def build_objectives(method: StudyMethod) -> dict[str, Any]:
+    """The objectives of `method`, by id (peftlab.objectives.OBJECTIVES), built from their fields."""
+    from peftlab.objectives import OBJECTIVES
+
+    built = {}
+    for objective_id, fields in method.objectives:
+        if objective_id not in OBJECTIVES:
+            raise StudyError(f"--methods {method.label!r}: unknown objective {objective_id!r}; known: "
+                             f"{', '.join(OBJECTIVES)}")
+        built[objective_id] = OBJECTIVES[objective_id](**fields)
+    return built
 
 
 def parse_lr_overrides(items: list[str]) -> dict[str, float]:

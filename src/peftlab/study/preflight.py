@@ -15,7 +15,7 @@ from peftlab.study.tasks import build_task
 from peftlab.train.device import resolve_device
 
 
-def check_study(study: StudyConfig) -> None:
+def check_study(study: StudyConfig) -> None:  # or a ContinualStudy: the same settings, several tasks
     """StudyError naming the first problem: device, training settings (with each method's learning rate), then
     the task: its data, and its model's input pipeline (tokenizer or image size) on one training example."""
     try:
@@ -27,12 +27,13 @@ def check_study(study: StudyConfig) -> None:
             study.settings.train_config(method.lr, study.settings.device)
         except PeftlabError as err:
             raise StudyError(f"method {method.label!r}: {err}") from None
-    try:
-        task = build_task(study.task)
-        task.collate(task.splits().train[:1])
-    except StudyError:
-        raise
-    except Exception as err:  # noqa: BLE001  (data files, tokenizers and hub downloads raise their own types)
-        message = str(err).strip().splitlines()[0] if str(err).strip() else ""
-        raise StudyError(f"task {study.task.name!r} with model {study.task.model or 'default'!r} could not be "
-                         f"prepared: {type(err).__name__}: {message}") from None
+    for spec in study.tasks:
+        try:
+            task = build_task(spec)
+            task.collate(task.splits().train[:1])
+        except StudyError:
+            raise
+        except Exception as err:  # noqa: BLE001  (data files, tokenizers and hub downloads raise their own types)
+            message = str(err).strip().splitlines()[0] if str(err).strip() else ""
+            raise StudyError(f"task {spec.name!r} with model {spec.model or 'default'!r} could not be "
+                             f"prepared: {type(err).__name__}: {message}") from None

@@ -1,4 +1,4 @@
-"""Progress display of a study: one bar for the whole study, one for the run in progress (tqdm, on stderr)."""
+"""Progress display of a study: one bar for the whole study, one per run in progress (tqdm, on stderr)."""
 
 from __future__ import annotations
 
@@ -14,19 +14,23 @@ class Progress(Protocol):
 
     def start(self, total: int, skipped: int, skipped_failed: int = 0) -> None: ...
     def run_started(self, spec: RunSpec) -> None: ...
-    def run_event(self, event: dict[str, Any]) -> None: ...
+    def run_event(self, event: dict[str, Any]) -> None:
+        """A worker's progress event, with the `run_id` of its run."""
+        ...
+
     def run_finished(self, record: dict[str, Any]) -> None: ...
     def close(self) -> None: ...
     def note(self, message: str) -> None: ...
 
 
 class TqdmProgress:
-    """Two tqdm bars: runs done / total (with the failure count), and steps of the current run with its loss."""
+    """tqdm bars: runs done / total (with the failure count), and the steps of each run in progress with its loss
+    (runs executed elsewhere, e.g. on Ray, only move the first bar)."""
 
     def __init__(self, disable: bool = False) -> None:
         self.disable = disable
         self.overall: tqdm | None = None
-        self.current: tqdm | None = None
+        self.bars: dict[str, tqdm] = {}
         self.failed = 0
 
     def start(self, total: int, skipped: int, skipped_failed: int = 0) -> None:
@@ -41,26 +45,32 @@ class TqdmProgress:
         if self.disable:
             return
         size = "all" if spec.train_size is None else spec.train_size
-        self.current = tqdm(total=spec.settings.steps, desc=f"{spec.method.label} n={size} seed={spec.seed}",
-                            unit="step", position=1, leave=False, disable=self.disable, dynamic_ncols=True)
+        used = {bar.pos for bar in self.bars.values()}
+        position = next(p for p in range(1, len(self.bars) + 2) if p not in used and -p not in used)
+        self.bars[spec.run_id] = tqdm(total=spec.settings.steps, desc=f"{spec.method.label} n={size} seed={spec.seed}",
+                                      unit="step", position=position, leave=False, disable=self.disable,
+                                      dynamic_ncols=True)
 
     def run_event(self, event: dict[str, Any]) -> None:
-        if self.current is None:
+        bar = self.bars.get(event.get("run_id", ""))
+        if bar is None:
             return
         kind = event.get("event")
         if kind == "step":
-            self.current.update(event["step"] - self.current.n)
-            self.current.set_postfix(loss=f"{event['loss']:.3f}", refresh=False)
+            if event["step"] < bar.n:  # the next task of a continual-learning run starts again at step 1
+                bar.reset(total=event["total"])
+            bar.update(event["step"] - bar.n)
+            bar.set_postfix(loss=f"{event['loss']:.3f}", refresh=False)
         elif kind == "eval" and event.get("metrics"):
             shown = {k: f"{v:.3f}" for k, v in list(event["metrics"].items())[:2]}
-            self.current.set_postfix(shown, refresh=True)
+            bar.set_postfix(shown, refresh=True)
         elif kind == "phase":
-            self.current.set_description_str(f"{self.current.desc.split(' [')[0]} [{event['phase']}]")
+            bar.set_description_str(f"{bar.desc.split(' [')[0]} [{event['phase']}]")
 
     def run_finished(self, record: dict[str, Any]) -> None:
-        if self.current is not None:
-            self.current.close()
-            self.current = None
+        bar = self.bars.pop(record["run_id"], None)
+        if bar is not None:
+            bar.close()
         if record["status"] == "ok":
             metric = record.get("metric", "metric")
             line = f"  ok     {record['run_id']}: test {metric} {record['test_metric']:.4f}, " \
@@ -80,6 +90,6 @@ class TqdmProgress:
         tqdm.write(message)
 
     def close(self) -> None:
-        for bar in (self.current, self.overall):
+        for bar in [*self.bars.values(), self.overall]:
             if bar is not None:
                 bar.close()

@@ -51,7 +51,7 @@ def results_table(rows: Sequence[Summary], metric: str) -> Table:
     unit = " (%)" if metric in analysis.PERCENT_METRICS else ""
     header = ["method", "attach kind", "trainable params", "% trainable", f"test {metric}{unit}", "Δ vs full",
               "peak memory (MB)", "train time (s)", "median step (ms)", "examples/s", "adapter size",
-              "latency (ms)", "latency merged (ms)", "runs ok / failed"]
+              "latency (ms)", "latency merged (ms)", "FFN activation density (%)", "runs ok / failed"]
     body = []
     for s in rows:
         delta = s.values.get("delta_vs_full")
@@ -65,6 +65,7 @@ def results_table(rows: Sequence[Summary], metric: str) -> Table:
                      fmt_count(s.mean("adapter_bytes")) + "B" if s.mean("adapter_bytes") else "–",
                      fmt_num(s.latency.get("unmerged"), digits=1),
                      fmt_num(s.latency.get("merged"), digits=1) if s.mergeable else "n/a",
+                     fmt_num(s.values.get("activation_density"), 100, digits=1),
                      f"{s.ok} / {s.failed}"])
     return Table(header, body)
 
@@ -138,7 +139,7 @@ def build_report(out: Path, budget: Sequence[str] | None = None) -> tuple[Path, 
     metric, higher = info.get("metric", "accuracy"), info.get("higher_is_better", True)
     main_size = analysis.largest_size(summaries)
     main_rows = [s for s in summaries if s.train_size == main_size]
-    blocks = _header(info, records, study) + _pending(study, records) + _tables(summaries, metric)
+    blocks = _header(info, records, study) + _pending(study, records) + size_tables(summaries, metric)
     blocks += which_method(main_rows, metric, higher, budgets)
     blocks += figures(main_rows, summaries, metric, out / "plots")
     blocks += _failures(records)
@@ -180,7 +181,7 @@ def _pending(study: Any, records: list[dict[str, Any]]) -> list[Block]:
                       f"{shown}. Run the same `peftlab compare` command again to finish the study.")]
 
 
-def _tables(summaries: Sequence[Summary], metric: str) -> list[Block]:
+def size_tables(summaries: Sequence[Summary], metric: str) -> list[Block]:
     blocks: list[Block] = []
     sizes = sorted({s.train_size for s in summaries}, key=analysis._size_key)
     for size in sizes:

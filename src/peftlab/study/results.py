@@ -77,12 +77,18 @@ def save_study(out: Path, study: StudyConfig) -> None:
     write_text_atomic(out / STUDY_FILE, json.dumps(study.to_dict(), indent=2))
 
 
-def load_study(out: Path) -> StudyConfig | None:
-    """The study config stored in `out`, or None for a folder with results only."""
+def load_study(out: Path) -> Any:
+    """The study config stored in `out` (a StudyConfig, or a ContinualStudy), or None for a folder with results
+    only."""
     path = out / STUDY_FILE
     if not path.exists():
         return None
     try:
-        return StudyConfig.from_dict(json.loads(path.read_text(encoding="utf-8")))
+        data = json.loads(path.read_text(encoding="utf-8"))
+        if data.get("kind") == "continual":
+            from peftlab.study.continual import ContinualStudy
+
+            return ContinualStudy.from_dict(data)
+        return StudyConfig.from_dict(data)
     except (json.JSONDecodeError, KeyError, TypeError) as err:
         raise StudyError(f"{path} is not a readable study file ({err}); delete it to start over") from None

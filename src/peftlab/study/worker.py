@@ -10,7 +10,9 @@ import argparse
 import json
 import math
 import os
+import resource
 import shutil
+import socket
 import sys
 import threading
 import time
@@ -25,9 +27,10 @@ from torch import nn
 import peftlab
 from peftlab.study import events, measure
 from peftlab.study.data.split import Splits, subsample
-from peftlab.study.methods import build_config
+from peftlab.study.methods import build_config, build_objectives
 from peftlab.study.plan import RunSettings, RunSpec
 from peftlab.study.results import SCHEMA_VERSION
+from peftlab.study.specs import load_spec
 from peftlab.study.tasks import Task, build_task
 from peftlab.study.tasks.base import endless_batches
 from peftlab.train import (
@@ -63,14 +66,20 @@ class Phase:
         self.started = time.perf_counter()
 
 
+def now() -> str:
+    """The current UTC time, ISO 8601 to the millisecond (records of runs that overlap in time show it)."""
+    return datetime.now(timezone.utc).isoformat(timespec="milliseconds")
+
+
 def base_record(spec: RunSpec) -> dict[str, Any]:
-    """The identity part of a run's record (filled before anything can fail)."""
+    """The identity part of a run's record (filled before anything can fail); `host` and `pid` name the process
+    that filled it."""
     return {
         "schema": SCHEMA_VERSION, "run_id": spec.run_id, "status": "running", "error": None, "failed_phase": None,
-        "task": spec.task.name, "model": spec.task.model, "method": spec.method.label,
+        "task": spec.task_label, "model": spec.task.model, "method": spec.method.label,
         "method_id": spec.method.method_id, "train_size": spec.train_size, "seed": spec.seed, "lr": spec.method.lr,
         "steps": spec.settings.steps, "batch_size": spec.settings.batch_size, "max_length": spec.task.max_length,
-        "config": {"run": spec.to_dict()}, "started_at": datetime.now(timezone.utc).isoformat(timespec="seconds"),
+        "config": {"run": spec.to_dict()}, "started_at": now(), "host": socket.gethostname(), "pid": os.getpid(),
     }
 
 
@@ -90,14 +99,21 @@ def execute(spec: RunSpec, run_dir: Path) -> dict[str, Any]:
         record["phase_seconds"] = phase.seconds
         record["wall_seconds"] = time.perf_counter() - start
         record["process_peak_rss_mb"] = process_peak_rss_mb()
+        usage = resource.getrusage(resource.RUSAGE_SELF)
+        record["process_cpu_seconds"] = usage.ru_utime + usage.ru_stime  # the whole process, imports included
         record.setdefault("peak_memory_mb", None)
-        record["finished_at"] = datetime.now(timezone.utc).isoformat(timespec="seconds")
+        record["finished_at"] = now()
     return record
 
 
 def _run(spec: RunSpec, run_dir: Path, record: dict[str, Any], phase: Phase) -> None:
     """The body of a run, phase by phase; each phase fills `record`, so a failure keeps what was measured."""
     device = _setup(spec.settings, record)
+    if not isinstance(spec, RunSpec):  # a continual-learning run: several tasks in sequence
+        from peftlab.study.continual_run import run_continual
+
+        run_continual(spec, run_dir, record, phase, device)
+        return
     phase.enter("load")
     task, splits, train_examples, base = _load(spec, record)
     phase.enter("adapt")
@@ -107,7 +123,7 @@ def _run(spec: RunSpec, run_dir: Path, record: dict[str, Any], phase: Phase) -> 
     phase.enter("test")
     _test(task, model, splits, device, record)
     phase.enter("save")
-    _save(model, run_dir / "adapter", spec.settings.save_adapter, record)
+    save_adapter(model, run_dir / "adapter", spec.settings.save_adapter, record)
     phase.enter("latency")
     _latency(task, model, splits, device, spec.settings, bool(type(config).card.mergeable), record)
 
@@ -140,6 +156,8 @@ def _adapt(spec: RunSpec, task: Task, base: nn.Module, device: torch.device,
     record["config"]["method"] = config.to_dict()
     record["mergeable"] = bool(type(config).card.mergeable)
     model = peftlab.adapt(base, config).to(device)
+    for name, objective in build_objectives(spec.method).items():
+        model.add_objective(name, objective)
     trainable = model.trainable_parameters()
     record.update(trainable_params=trainable, base_params=base_params, total_params=model.total_parameters(),
                   trainable_percent=100.0 * trainable / base_params, rss_after_load_mb=process_peak_rss_mb())
@@ -172,9 +190,29 @@ def _test(task: Task, model: nn.Module, splits: Splits, device: torch.device, re
     record.update(test=test, test_metric=test[task.metric])
     if not math.isfinite(record["test_metric"]):
         raise FloatingPointError(f"the test {task.metric} is {record['test_metric']}")
+    record["activation_density"] = _density(task, model, splits, device)
 
 
-def _save(model: Any, folder: Path, keep: bool, record: dict[str, Any]) -> None:
+DENSITY_EXAMPLES = 256  # test examples the activation density is measured on
+
+
+def _density(task: Task, model: nn.Module, splits: Splits, device: torch.device) -> float | None:
+    """The fraction of feed-forward activations above zero on the test set (what DEFT lowers); None for a model
+    without transformer feed-forward sublayers (a CNN)."""
+    from peftlab.errors import TargetError
+    from peftlab.objectives import activation_density
+    from peftlab.study.tasks.base import chunks
+
+    examples = list(splits.test)[:DENSITY_EXAMPLES]
+    batches = (move_batch(task.collate(chunk), device) for chunk in chunks(examples, 16))
+    model.eval()
+    try:
+        return activation_density(model, ({k: v for k, v in b.items() if k != "labels"} for b in batches))
+    except TargetError:
+        return None
+
+
+def save_adapter(model: Any, folder: Path, keep: bool, record: dict[str, Any]) -> None:
     """Save the adapter (`model.save`), measure its size, and delete it unless `keep`."""
     model.save(str(folder))
     record.update(adapter_bytes=measure.folder_bytes(folder), adapter_path=str(folder) if keep else None)
@@ -220,7 +258,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("run_dir", type=Path, help=f"folder holding {SPEC_FILE}; {RESULT_FILE} is written there")
     args = parser.parse_args(argv)
     exit_with_parent()
-    spec = RunSpec.from_dict(json.loads((args.run_dir / SPEC_FILE).read_text(encoding="utf-8")))
+    spec = load_spec(json.loads((args.run_dir / SPEC_FILE).read_text(encoding="utf-8")))
     record = execute(spec, args.run_dir)
     tmp = args.run_dir / (RESULT_FILE + ".tmp")
     tmp.write_text(json.dumps(record, indent=1, allow_nan=True), encoding="utf-8")

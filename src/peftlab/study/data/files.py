@@ -1,5 +1,6 @@
-"""A user's own data: a CSV or JSONL file with columns text,label (classification) or prompt,completion (LM), or a
-JSONL file with a `messages` list of {"role", "content"} turns (chat LM, trained on the assistant turns)."""
+"""A user's own data: a CSV or JSONL file with columns text,label (classification), audio,label (audio
+classification; audio = a WAV file's path, relative to the data file's folder) or prompt,completion (LM), or a JSONL
+file with a `messages` list of {"role", "content"} turns (chat LM, trained on the assistant turns)."""
 
 from __future__ import annotations
 
@@ -52,6 +53,10 @@ def read_task_file(path: Path, label_names: list[str] | None = None) -> FileData
     if not rows:
         raise StudyError(f"data file {path} has no rows")
     columns = set(rows[0])
+    if {"audio", "label"} <= columns:
+        _require_fields(path, rows, ("audio", "label"))
+        rows = [dict(r, text=str((path.parent / str(r["audio"]).strip()).resolve())) for r in rows]
+        columns.add("text")
     if {"text", "label"} <= columns:
         _require_fields(path, rows, ("text", "label"))
         labels = [_label(r["label"]) for r in rows]
@@ -71,7 +76,7 @@ def read_task_file(path: Path, label_names: list[str] | None = None) -> FileData
     if "messages" in columns:
         return [_conversation(path, number, row.get("messages")) for number, row in enumerate(rows, 1)]
     raise StudyError(f"data file {path} has columns {sorted(columns)}; expected text,label (classification), "
-                     "prompt,completion or messages (causal language modelling)")
+                     "audio,label (audio classification), prompt,completion or messages (causal language modelling)")
 
 
 def _conversation(path: Path, number: int, messages: Any) -> Conversation:
@@ -87,6 +92,12 @@ def _conversation(path: Path, number: int, messages: Any) -> Conversation:
     if not any(role == "assistant" for role, _ in turns):
         raise StudyError(f"{where} has no assistant turn to train on")
     return Conversation(tuple(turns))
+
+
+def is_audio_file(path: Path) -> bool:
+    """Whether a data file's rows name audio files (column `audio`)."""
+    rows = read_rows(path)
+    return bool(rows) and "audio" in rows[0]
 
 
 def _require_fields(path: Path, rows: list[dict[str, Any]], fields: tuple[str, ...]) -> None:

@@ -5,13 +5,15 @@ from __future__ import annotations
 from collections.abc import Callable
 from pathlib import Path
 
-from peftlab.study.data import arithmetic, dialogue, files, images, text
+from peftlab.study.data import arithmetic, dialogue, files, images, molecules, text
 from peftlab.study.data.examples import LabeledData
 from peftlab.study.errors import StudyError
 from peftlab.study.tasks.base import Task, TaskSpec
 from peftlab.study.tasks.causal_lm import CausalLMTask
 from peftlab.study.tasks.classification import ClassificationTask
-from peftlab.study.tasks.encoders import ImageEncoder, TextEncoder
+from peftlab.study.tasks.encoders import AudioEncoder, ImageEncoder, TextEncoder
+
+DEFAULT_AUDIO_MODEL = "facebook/wav2vec2-base"  # on the Hugging Face hub only
 
 
 def _sentiment(spec: TaskSpec) -> Task:
@@ -30,6 +32,16 @@ def _image(spec: TaskSpec) -> Task:
                               test=400, validation=200)
 
 
+def _chat_topic(spec: TaskSpec) -> Task:
+    return ClassificationTask("chat-topic", dialogue.chatterbot_topics(),
+                              TextEncoder(spec.model or "minilm", spec.max_length), spec, test=300, validation=100)
+
+
+def _molecules(spec: TaskSpec) -> Task:
+    return ClassificationTask("molecules", molecules.bbb_permeability(),
+                              TextEncoder(spec.model or "rxnfp-bert", spec.max_length), spec, test=800, validation=200)
+
+
 def _dialogue(spec: TaskSpec) -> Task:
     return CausalLMTask("dialogue", dialogue.chatterbot_pairs(), spec, model_ref=spec.model or "smollm2",
                         test=200, validation=100, chat=True, metric="perplexity", curve_metric="perplexity")
@@ -42,6 +54,7 @@ def _arithmetic(spec: TaskSpec) -> Task:
 
 BUILTIN_TASKS: dict[str, Callable[[TaskSpec], Task]] = {
     "sentiment": _sentiment, "topic": _topic, "image": _image, "dialogue": _dialogue, "arithmetic": _arithmetic,
+    "molecules": _molecules, "chat-topic": _chat_topic,
 }
 
 
@@ -50,8 +63,9 @@ def _file_task(spec: TaskSpec) -> Task:
     data = files.read_task_file(path)
     if isinstance(data, LabeledData):
         held_out = max(1, len(data.examples) // 10)
-        return ClassificationTask(path.stem, data, TextEncoder(spec.model or "minilm", spec.max_length), spec,
-                                  test=held_out, validation=held_out)
+        encoder = (AudioEncoder(spec.model or DEFAULT_AUDIO_MODEL) if files.is_audio_file(path)
+                   else TextEncoder(spec.model or "minilm", spec.max_length))
+        return ClassificationTask(path.stem, data, encoder, spec, test=held_out, validation=held_out)
     held_out = max(1, len(data) // 10)
     return CausalLMTask(path.stem, data, spec, model_ref=spec.model or "smollm2", test=held_out,
                         validation=held_out, chat=False, metric="exact_match", curve_metric="perplexity")

@@ -152,3 +152,57 @@ class ImageEncoder:
         for module in model.modules():
             if isinstance(module, nn.modules.batchnorm._BatchNorm):
                 module.eval()  # normalise with the running statistics; scale and shift train as the method says
+
+
+class AudioEncoder:
+    """A Hugging Face audio classifier (wav2vec 2.0, HuBERT, ...: AutoModelForAudioClassification) and its feature
+    extractor; examples are WAV paths read as 16 kHz mono and cut to `max_seconds`, batches padded to the longest."""
+
+    def __init__(self, model_ref: str, max_seconds: float = 4.0) -> None:
+        models.check_model_ref(model_ref, (), "audio classifier")
+        self.model_ref = model_ref
+        self.max_seconds = max_seconds
+        self._extractor: Any = None
+
+    @property
+    def extractor(self) -> Any:
+        if self._extractor is None:
+            from transformers import AutoFeatureExtractor
+
+            self._extractor = AutoFeatureExtractor.from_pretrained(self.model_ref)
+        return self._extractor
+
+    @property
+    def input_size(self) -> str:
+        return f"16 kHz audio, up to {self.max_seconds:g} s"
+
+    def fields_for(self, method_id: str) -> dict[str, Any]:
+        return {}
+
+    def build_model(self, num_labels: int) -> nn.Module:
+        from transformers import AutoModelForAudioClassification
+
+        return AutoModelForAudioClassification.from_pretrained(self.model_ref, num_labels=num_labels)
+
+    def collate(self, examples: Sequence[Labeled]) -> Batch:
+        from peftlab.study.data.audio import SAMPLE_RATE, read_wav
+
+        waves = [read_wav(e.x, self.max_seconds) for e in examples]
+        features = self.extractor(waves, sampling_rate=SAMPLE_RATE, padding=True, return_tensors="pt")
+        batch = {"input_values": features["input_values"], "labels": torch.tensor([e.label for e in examples])}
+        if "attention_mask" in features:
+            batch["attention_mask"] = features["attention_mask"]
+        return batch
+
+    def logits(self, model: nn.Module, batch: Batch) -> torch.Tensor:
+        inputs = {k: v for k, v in batch.items() if k != "labels"}
+        return model(**inputs).logits  # (B, num_labels)
+
+    def length(self, example: Labeled) -> None:
+        return None  # reading every file for its length is not worth it: plain random batches
+
+    def eval_order(self, examples: Sequence[Labeled]) -> list[Labeled]:
+        return list(examples)
+
+    def train_mode(self, model: nn.Module) -> None:
+        model.train()
