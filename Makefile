@@ -24,6 +24,7 @@ test: $(STAMP)
 
 bench: $(STAMP)
 	$(PY) -m benchmarks.run --out BENCHMARKS.md
+	$(PY) -m benchmarks.serving --out BENCHMARKS-serving.md
 
 lint: $(STAMP)
 	$(PY) -m pip install --quiet -c constraints.txt -e ".[lint]"
